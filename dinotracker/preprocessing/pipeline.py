@@ -1,0 +1,318 @@
+"""Preprocessing orchestration: video -> cached flow, trajectories, features, masks, best-buddies.
+
+Every stage is an entry of :class:`~dinotracker.preprocessing.cache.StageCache`, keyed by
+the hash of its inputs' keys and of the config values that change its output, so changing
+(say) the backbone layer recomputes features and best-buddies but reuses flow and
+trajectories; an interrupted run resumes at the first missing stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from dinotracker.data.video import Video
+from dinotracker.geometry import Resize, model_size
+from dinotracker.preprocessing.cache import StageCache, array_hash, stable_hash
+from dinotracker.preprocessing.types import BestBuddies, PreprocessedVideo
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when a stage's on-disk format changes
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    """"auto" -> cuda, else mps, else cpu."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def resize_frames(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """uint8 [T,H,W,3] -> uint8 [T,3,h,w] with Lanczos (the reference resizes with PIL Lanczos)."""
+    h, w = hw
+    if frames.shape[1:3] == (h, w):
+        out = frames
+    else:
+        out = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_LANCZOS4) for f in frames])
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def resize_masks(masks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """[T,H,W] ids -> [T,h,w] with nearest neighbour."""
+    h, w = hw
+    if masks.shape[1:3] == (h, w):
+        return masks
+    return np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) for m in masks])
+
+
+def _container(cfg, key: str, default=None):
+    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+
+def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, progress: bool = True,
+                     stats: dict | None = None) -> PreprocessedVideo:
+    """Run (or reuse) every preprocessing stage for ``video`` and return the training input."""
+    stats = {} if stats is None else stats
+    device = resolve_device(_container(pre_cfg, "device", "auto"))
+    patch, stride = int(backbone_cfg.patch), int(backbone_cfg.stride)
+    size = _container(pre_cfg, "size")
+    model_hw = model_size(video.hw, short_side=_container(pre_cfg, "short_side"),
+                          size_hw=tuple(size) if size else None, multiple=patch)
+    resize = Resize(video.hw, model_hw)
+    video_key = stable_hash([array_hash(video.frames), video.frame_indices.tolist(), CACHE_VERSION])
+    cache = StageCache(Path(cache_root) / f"{video.name}-{video_key[:10]}")
+    log.info("preprocessing %s: %d frames %s -> model %s, cache %s", video.name, video.num_frames,
+             video.hw, model_hw, cache.root)
+
+    # frames at model resolution
+    k_frames = stable_hash(["frames", video_key, model_hw])
+    arr, _ = cache.get_or_compute("frames", k_frames, lambda: (
+        {"frames": resize_frames(video.frames, model_hw)}, {"model_hw": model_hw}), stats)
+    frames = torch.from_numpy(np.array(arr["frames"]))
+
+    # optical flow between consecutive frames (forward and backward, fp16)
+    flow_keys = {k: _container(flow_cfg, k) for k in ("method", "weights", "num_updates", "dis_preset")}
+    k_flow = stable_hash(["flow", k_frames, flow_keys])
+
+    def _estimator():
+        from dinotracker.preprocessing.flow import build_flow
+
+        return build_flow(flow_keys["method"], device=device, weights=flow_keys["weights"],
+                          num_updates=int(flow_keys["num_updates"] or 24),
+                          dis_preset=flow_keys["dis_preset"] or "medium")
+
+    def _flow():
+        from dinotracker.preprocessing.flow import compute_consecutive_flows
+
+        fwd, bwd = compute_consecutive_flows(_estimator(), frames, batch_size=int(flow_cfg.batch_size),
+                                             progress=progress)
+        return {"forward": fwd.numpy(), "backward": bwd.numpy()}, {"method": flow_keys["method"]}
+
+    arr, _ = cache.get_or_compute("flow", k_flow, _flow, stats)
+    forward, backward = torch.from_numpy(np.array(arr["forward"])), torch.from_numpy(np.array(arr["backward"]))
+
+    # chained trajectories (filtered and unfiltered from one pass)
+    tcfg = pre_cfg.trajectories
+    traj_keys = {k: _container(tcfg, k) for k in ("fb_threshold", "direct_filter", "direct_threshold",
+                                                  "direct_window", "direct_every", "min_length")}
+    k_traj = stable_hash(["trajectories", k_flow, traj_keys])
+
+    def _traj():
+        from dinotracker.preprocessing.trajectories import chain_trajectories, make_direct_flow_fn
+
+        direct = None
+        if traj_keys["direct_filter"]:
+            direct = make_direct_flow_fn(_estimator(), frames, fb_threshold=float(traj_keys["fb_threshold"]))
+        tr = chain_trajectories(forward.float(), backward.float(), fb_threshold=float(traj_keys["fb_threshold"]),
+                                min_length=int(traj_keys["min_length"]), direct_flow=direct,
+                                direct_threshold=float(traj_keys["direct_threshold"]),
+                                direct_window=traj_keys["direct_window"],
+                                direct_every=int(traj_keys["direct_every"] or 1), progress=progress)
+        return ({"tracks": tr.tracks.numpy(), "tracks_unfiltered": tr.tracks_unfiltered.numpy()},
+                {"num_tracks": int(tr.tracks.shape[0]), "num_unfiltered": int(tr.tracks_unfiltered.shape[0])})
+
+    arr, meta_traj = cache.get_or_compute("trajectories", k_traj, _traj, stats)
+    tracks = torch.from_numpy(np.array(arr["tracks"]))
+    tracks_unfiltered = arr["tracks_unfiltered"]
+
+    # frozen backbone features (+ the saliency block when masks are missing)
+    bb_keys = {k: _container(backbone_cfg, k) for k in ("name", "weights", "source", "stride", "layer",
+                                                         "facet", "dim", "patch")}
+    need_saliency = video.masks is None
+    mask_layer = int(_container(backbone_cfg, "mask_layer", -1))
+    k_feat = stable_hash(["features", k_frames, bb_keys, need_saliency and mask_layer])
+
+    def _features():
+        return _extract_features(frames, backbone_cfg, device, need_saliency, mask_layer, progress)
+
+    arr, _ = cache.get_or_compute("features", k_feat, _features, stats)
+    features = torch.from_numpy(np.array(arr["features"]))
+
+    # foreground masks: the user's, else DINO saliency
+    mcfg = pre_cfg.masks
+    if video.masks is not None:
+        k_mask = stable_hash(["masks", array_hash(video.masks), model_hw])
+
+        def _masks():
+            return {"fg": resize_masks(video.masks, model_hw) > 0}, {"source": "user"}
+    else:
+        k_mask = stable_hash(["masks", k_feat, float(mcfg.saliency_threshold)])
+
+        def _masks():
+            from dinotracker.preprocessing.saliency import saliency_masks
+
+            sal = torch.from_numpy(np.array(arr["saliency_features"])).float()
+            fg = saliency_masks(sal, model_hw, patch, stride, threshold=float(mcfg.saliency_threshold), seed=0)
+            return {"fg": fg.numpy()}, {"source": "saliency"}
+
+    marr, mmeta = cache.get_or_compute("masks", k_mask, _masks, stats)
+    fg_masks = torch.from_numpy(np.array(marr["fg"])).bool()
+    _write_mask_pngs(cache.path("masks", k_mask), fg_masks)
+
+    # foreground / background split of the trajectories
+    k_split = stable_hash(["split", k_traj, k_mask])
+
+    def _split():
+        from dinotracker.preprocessing.trajectories import split_foreground
+
+        return {"tracks_fg": split_foreground(tracks, fg_masks).numpy()}, {}
+
+    sarr, _ = cache.get_or_compute("split", k_split, _split, stats)
+    tracks_fg = torch.from_numpy(np.array(sarr["tracks_fg"])).bool()
+
+    # DINO best-buddies, flow-filtered, with ambiguity weights
+    bcfg = pre_cfg.best_buddies
+    bb_cfg_keys = {k: _container(bcfg, k) for k in ("enabled", "topk", "box_half", "iou", "weight_a",
+                                                     "weight_b", "filter_with")}
+    k_bb = stable_hash(["best_buddies", k_feat, k_traj, bb_cfg_keys])
+
+    def _bb():
+        from dinotracker.preprocessing.best_buddies import compute_best_buddies
+
+        if not bcfg.enabled or bb_keys["name"] == "none":
+            bb = BestBuddies.empty()
+        else:
+            ref_tracks = tracks_unfiltered if bcfg.filter_with == "unfiltered" else tracks
+            bb = compute_best_buddies(features, patch, stride, torch.from_numpy(np.array(ref_tracks)),
+                                      topk=int(bcfg.topk), box_half=float(bcfg.box_half), iou=float(bcfg.iou),
+                                      a=float(bcfg.weight_a), b=float(bcfg.weight_b),
+                                      pair_batch=int(bcfg.pair_batch), device=device, progress=progress)
+        return {k: getattr(bb, k).cpu().numpy() for k in BB_FIELDS}, {"num_pairs": len(bb)}
+
+    barr, _ = cache.get_or_compute("best_buddies", k_bb, _bb, stats)
+    best_buddies = BestBuddies(**{k: torch.from_numpy(np.array(barr[k])) for k in BB_FIELDS})
+
+    keep = {cache.path(s, k).name for s, k in [("frames", k_frames), ("flow", k_flow), ("trajectories", k_traj),
+                                               ("features", k_feat), ("masks", k_mask), ("split", k_split),
+                                               ("best_buddies", k_bb)]}
+    pre = PreprocessedVideo(
+        name=video.name, frames=frames, features=features, patch=patch, stride=stride, tracks=tracks,
+        tracks_fg=tracks_fg, fg_masks=fg_masks, best_buddies=best_buddies, resize=resize,
+        frame_indices=video.frame_indices,
+        meta=dict(cache_dir=str(cache.root), entries=sorted(keep), mask_source=mmeta.get("source"),
+                  backbone=bb_keys, stats=stats))
+    _log_summary(pre, stats, meta_traj)
+    write_preprocessed_index(pre)
+    return pre
+
+
+BB_FIELDS = ("src_t", "dst_t", "src_xy", "dst_xy", "cos", "ratio", "weight")
+
+
+def _extract_features(frames, backbone_cfg, device, need_saliency, mask_layer, progress):
+    name = str(backbone_cfg.name)
+    t = frames.shape[0]
+    patch, stride = int(backbone_cfg.patch), int(backbone_cfg.stride)
+    from dinotracker.geometry import patch_grid_size
+
+    gh, gw = patch_grid_size(tuple(frames.shape[-2:]), patch, stride)
+    if name == "none":
+        feats = np.zeros((t, int(backbone_cfg.dim), gh, gw), np.float16)
+        out = {"features": feats}
+        if need_saliency:  # no features to take saliency from: the colour image's grid stands in
+            small = torch.nn.functional.interpolate(frames.float() / 255.0, size=(gh, gw), mode="area")
+            out["saliency_features"] = small.half().numpy()
+        return out, {"backbone": "none"}
+    from dinotracker.backbones import build_backbone
+    from dinotracker.preprocessing.features import extract_video_features
+
+    backbone = build_backbone(name, weights=backbone_cfg.weights, source=backbone_cfg.source or "auto",
+                              stride=stride, device=device)
+    feats = extract_video_features(backbone, frames, layer=int(backbone_cfg.layer), facet=str(backbone_cfg.facet),
+                                   batch_size=int(backbone_cfg.batch_size), device=device, progress=progress)
+    out = {"features": feats.cpu().numpy()}
+    if need_saliency:
+        sal = extract_video_features(backbone, frames, layer=mask_layer, facet="tokens",
+                                     batch_size=int(backbone_cfg.batch_size), device=device, progress=progress)
+        out["saliency_features"] = sal.cpu().numpy()
+    return out, {"backbone": name, "dim": int(feats.shape[1])}
+
+
+def _write_mask_pngs(folder: Path, fg: torch.Tensor) -> None:
+    png = folder / "png"
+    if png.is_dir():
+        return
+    tmp = folder / "png.tmp"
+    tmp.mkdir(exist_ok=True)
+    for i, m in enumerate(fg.numpy()):
+        cv2.imwrite(str(tmp / f"{i:05d}.png"), m.astype(np.uint8) * 255)
+    tmp.rename(png)
+
+
+def _log_summary(pre: PreprocessedVideo, stats: dict, meta_traj: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    n_pairs = max(pre.num_frames * (pre.num_frames - 1) // 2, 1)
+    table = Table(title=f"preprocessing {pre.name}", show_lines=False)
+    for col in ("stage", "cached", "time (s)", "peak host MB"):
+        table.add_column(col)
+    for stage, s in stats.items():
+        table.add_row(stage, "yes" if s["cached"] else "no", f"{s['seconds']:.1f}", f"{s['peak_mb']:.0f}")
+    Console(stderr=True).print(table)
+    log.info("trajectories %d (fg %.1f%%), unfiltered %s; fg share of pixels %.1f%%; best-buddies %d "
+             "(%.1f per frame pair); features %s", pre.tracks.shape[0],
+             100.0 * float(pre.tracks_fg.float().mean()) if len(pre.tracks_fg) else 0.0,
+             meta_traj.get("num_unfiltered", "?"), 100.0 * float(pre.fg_masks.float().mean()),
+             len(pre.best_buddies), len(pre.best_buddies) / n_pairs, tuple(pre.features.shape))
+
+
+def load_preprocessed(source) -> PreprocessedVideo:
+    """Rebuild a :class:`PreprocessedVideo` from :func:`preprocessed_info`'s dict (kept in a run's
+    ``run_info.json``) or from a cache folder (its most recent ``preprocessed.json``)."""
+    import json
+
+    if isinstance(source, dict):
+        info = source
+    else:
+        info = json.loads((Path(source) / "preprocessed.json").read_text())
+    cache_dir = Path(info["cache_dir"])
+    entries = info["entries"]
+    by_stage = {}
+    for e in entries:
+        stage = e.rsplit("-", 1)[0]
+        by_stage[stage] = e.rsplit("-", 1)[1]
+    cache = StageCache(cache_dir)
+
+    def _get(stage):
+        return cache.load(stage, by_stage[stage])[0]
+
+    bb = _get("best_buddies")
+    return PreprocessedVideo(
+        name=info["name"], frames=torch.from_numpy(np.array(_get("frames")["frames"])),
+        features=torch.from_numpy(np.array(_get("features")["features"])), patch=info["patch"],
+        stride=info["stride"], tracks=torch.from_numpy(np.array(_get("trajectories")["tracks"])),
+        tracks_fg=torch.from_numpy(np.array(_get("split")["tracks_fg"])).bool(),
+        fg_masks=torch.from_numpy(np.array(_get("masks")["fg"])).bool(),
+        best_buddies=BestBuddies(**{k: torch.from_numpy(np.array(bb[k])) for k in BB_FIELDS}),
+        resize=Resize(tuple(info["input_hw"]), tuple(info["model_hw"])),
+        frame_indices=np.asarray(info["frame_indices"]), meta=info)
+
+
+def preprocessed_info(pre: PreprocessedVideo) -> dict:
+    """What :func:`load_preprocessed` needs to rebuild ``pre`` from the cache (JSON-able)."""
+    return dict(name=pre.name, cache_dir=str(Path(pre.meta["cache_dir"]).resolve()), patch=pre.patch,
+                stride=pre.stride, input_hw=list(pre.resize.input_hw), model_hw=list(pre.resize.model_hw),
+                frame_indices=[int(i) for i in pre.frame_indices], entries=pre.meta["entries"],
+                backbone=pre.meta.get("backbone"))
+
+
+def write_preprocessed_index(pre: PreprocessedVideo) -> Path:
+    """Record ``pre``'s entries as the cache folder's most recent ``preprocessed.json``."""
+    import json
+
+    path = Path(pre.meta["cache_dir"]) / "preprocessed.json"
+    info = preprocessed_info(pre)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=1, default=str))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from dinotracker.preprocessing.cache import StageCache, array_hash, stable_hash
+
+
+def test_keys_depend_on_content_and_config():
+    a = np.arange(12).reshape(3, 4)
+    assert array_hash(a) == array_hash(a.copy())
+    assert array_hash(a) != array_hash(a + 1)
+    assert array_hash(a) != array_hash(a.astype(np.float32))
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_get_or_compute_caches_and_recomputes_on_key_change(tmp_path):
+    cache = StageCache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": np.arange(5)}, {"note": "hi"}
+
+    stats = {}
+    arr, meta = cache.get_or_compute("flow", "k1", compute, stats)
+    np.testing.assert_array_equal(arr["x"], np.arange(5))
+    assert meta["note"] == "hi" and not stats["flow"]["cached"]
+    arr, _ = cache.get_or_compute("flow", "k1", compute, stats)
+    assert len(calls) == 1 and stats["flow"]["cached"]
+    cache.get_or_compute("flow", "k2", compute)
+    assert len(calls) == 2
+
+
+def test_interrupted_stage_leaves_no_entry_and_resumes(tmp_path):
+    cache = StageCache(tmp_path)
+    cache.get_or_compute("a", "k", lambda: ({"x": np.ones(3)}, {}))
+
+    def boom():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_compute("b", "k", boom)
+    assert not cache.has("b", "k") and cache.has("a", "k")
+    # a half-written temporary folder from a killed writer is ignored and replaced
+    (tmp_path / ".b-k.tmp-999").mkdir()
+    arr, _ = cache.get_or_compute("b", "k", lambda: ({"y": np.zeros(2)}, {}))
+    assert arr["y"].shape == (2,) and cache.has("b", "k")
+
+
+def test_clean_stale(tmp_path):
+    cache = StageCache(tmp_path)
+    for k in ("k1", "k2"):
+        cache.save("s", k, {"x": np.zeros(1)})
+    removed = cache.clean_stale({"s-k2"})
+    assert [p.name for p in removed] == ["s-k1"] and cache.has("s", "k2")

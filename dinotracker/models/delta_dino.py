@@ -1,0 +1,129 @@
+"""Delta-DINO: a small residual CNN RGB -> feature-dim, aligned to the ViT patch grid (spec §3.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dinotracker.geometry import patch_centers
+from dinotracker.models.blurpool import BlurPool2d
+
+ALIGN_MODES = ("center", "reference")
+
+
+class DeltaDINO(nn.Module):
+    """Residual feature CNN of DINO-Tracker (paper Eq. 1 and App. A.3; reference ``DeltaDINO``).
+
+    Layers (``channels=(64, 128, 256)``, ``out_dim=1024``):
+    ``Conv5x5(reflect) -> BN -> ReLU -> BlurPool(/2)`` three times, then
+    ``Conv5x5(dilation 2, reflect pad 4) -> BN`` (no ReLU, no downsampling). The last conv's
+    weight and bias are zero and the last BN has ``gamma = last_bn_gamma`` (0.05), ``beta = 0``,
+    so the output is identically zero at initialisation (refined features = raw DINO features).
+    7,586,816 trainable parameters at ``out_dim=1024``.
+
+    ``forward(images [B, 3, H, W] float in [0, 1])`` -> ``[B, out_dim, ceil(H/8), ceil(W/8)]``
+    (for three blur-pools). Images are fed un-normalised, as the reference does. The module
+    layout (``layers.<i>``) matches the reference's so its ``state_dict`` keys line up.
+    """
+
+    def __init__(self, out_dim: int = 1024, channels: Sequence[int] = (64, 128, 256), kernel_size: int = 5,
+                 last_bn_gamma: float = 0.05, in_channels: int = 3, last_dilation: int = 2):
+        super().__init__()
+        if out_dim < 1 or any(c < 1 for c in channels) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"bad DeltaDINO config: out_dim={out_dim}, channels={channels}, "
+                             f"kernel_size={kernel_size} (must be odd)")
+        chans = [in_channels, *channels, out_dim]
+        layers: list[nn.Module] = []
+        self.pads: list[int] = []
+        for i in range(len(chans) - 1):
+            last = i == len(chans) - 2
+            dil = last_dilation if last else 1
+            pad = (kernel_size + (kernel_size - 1) * (dil - 1)) // 2  # "same"
+            self.pads.append(pad)
+            conv = nn.Conv2d(chans[i], chans[i + 1], kernel_size, stride=1, dilation=dil, padding=pad,
+                             padding_mode="reflect")
+            bn = nn.BatchNorm2d(chans[i + 1])
+            if last:
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
+                nn.init.constant_(bn.weight, last_bn_gamma)
+                nn.init.zeros_(bn.bias)
+                layers += [conv, bn]
+            else:
+                layers += [conv, bn, nn.ReLU(), BlurPool2d(chans[i + 1], stride=2)]
+        self.layers = nn.ModuleList(layers)
+        self.out_dim = out_dim
+        self.num_down = len(channels)
+        self.cnn_stride = 2 ** self.num_down
+
+    def output_size(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """Spatial size of the output for an input of ``hw``: ceil-halving per blur-pool."""
+        h, w = hw
+        for _ in range(self.num_down):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h, w
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != self.layers[0].in_channels:
+            raise ValueError(f"expected images [B, {self.layers[0].in_channels}, H, W], got "
+                             f"{tuple(images.shape)}")
+        oh, ow = self.output_size(tuple(images.shape[-2:]))
+        if min(oh, ow) <= self.pads[-1]:
+            raise ValueError(f"image {tuple(images.shape[-2:])} too small: the last layer's reflect "
+                             f"padding ({self.pads[-1]}) needs a feature map larger than that, got {oh}x{ow}")
+        x = images
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def cnn_index_of_raster(x: torch.Tensor, cnn_stride: int, mode: str = "center") -> torch.Tensor:
+    """Raster coordinate -> fractional index into a CNN map of total stride ``cnn_stride``.
+
+    ``"center"`` (default): the blur-pool chain keeps the raster convention exact (see
+    :class:`~dinotracker.models.blurpool.BlurPool2d`), so CNN cell ``j`` covers raster
+    ``[s j, s j + s)`` with centre ``s j + s/2`` and the index is ``(x - s/2) / s``
+    (``(x - 4) / 8`` for s = 8). A patch centre therefore samples the CNN cell whose receptive
+    field is centred on it.
+
+    ``"reference"``: the reference implementation's ``align_cnn_vit_features`` maps its
+    patch-centre value ``v = 7 + 7k`` to ``(v - 0.5) / 8``. Its ``v`` is numerically our raster
+    patch centre (both are ``stride*k + patch/2``), so this is ``(x - 0.5) / s`` in our
+    convention: 3.5 px (0.44 cell) to the right/bottom of the geometric centre. Use it only
+    for parity with weights trained by the reference.
+    """
+    if mode == "center":
+        return (x - cnn_stride / 2.0) / cnn_stride
+    if mode == "reference":
+        return (x - 0.5) / cnn_stride
+    raise ValueError(f"align mode must be one of {ALIGN_MODES}, got {mode!r}")
+
+
+def align_to_patch_grid(cnn_features: torch.Tensor, grid_hw: tuple[int, int], patch: int, stride: int,
+                        cnn_stride: int = 8, mode: str = "center") -> torch.Tensor:
+    """Bilinearly resample a stride-``cnn_stride`` CNN map onto the ViT patch-centre grid.
+
+    cnn_features [B, C, h8, w8] -> [B, C, h, w] with ``(h, w) = grid_hw``; patch centre ``k`` is
+    at raster ``stride*k + patch/2`` and is mapped to a CNN index by :func:`cnn_index_of_raster`
+    (``mode`` "center" or "reference"). Border padding outside the CNN map, as the reference.
+    The sampling grid carries no gradient; gradients flow to ``cnn_features``.
+    """
+    if cnn_features.dim() != 4:
+        raise ValueError(f"cnn_features must be [B, C, h, w], got {tuple(cnn_features.shape)}")
+    h8, w8 = cnn_features.shape[-2:]
+    h, w = grid_hw
+    dev = cnn_features.device
+    jx = cnn_index_of_raster(patch_centers(w, patch, stride, device=dev), cnn_stride, mode)
+    jy = cnn_index_of_raster(patch_centers(h, patch, stride, device=dev), cnn_stride, mode)
+    # align_corners=True: index j -> 2 j / (n - 1) - 1 (a size-1 axis samples its only cell).
+    ux = jx * (2.0 / max(w8 - 1, 1)) - 1.0
+    uy = jy * (2.0 / max(h8 - 1, 1)) - 1.0
+    gy, gx = torch.meshgrid(uy, ux, indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1)[None].expand(cnn_features.shape[0], h, w, 2)
+    if cnn_features.dtype in (torch.float16, torch.bfloat16) and dev.type == "cpu":
+        cnn_features = cnn_features.float()  # CPU grid_sample has no half kernels
+    return F.grid_sample(cnn_features, grid.to(cnn_features.dtype), mode="bilinear", padding_mode="border",
+                         align_corners=True)

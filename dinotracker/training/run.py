@@ -1,0 +1,260 @@
+"""The ``fit`` job: video -> preprocessing (cached) -> training -> tracking -> evaluation.
+
+Everything lands in the run folder (Hydra's run directory): ``.hydra/`` (resolved config),
+``fit.log``, ``checkpoints/`` (full training state, resumable), ``tracker.pt`` (weights for
+inference), ``run_info.json`` (what :func:`dinotracker.load` needs), ``tracks.npz`` and
+``tracks.mp4``, and ``metrics.json`` / ``metrics.md`` when the video has ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("dinotracker.fit")
+
+
+def _output_dir(cfg) -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # called from Python without Hydra
+        out = Path(cfg.get("output_dir") or "runs/fit/python")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+
+def _wandb_has_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def build_loggers(cfg, out: Path) -> list:
+    from hydra.utils import instantiate
+
+    loggers = []
+    for name, lcfg in (cfg.get("logger") or {}).items():
+        if lcfg is None or "_target_" not in lcfg:
+            continue
+        lcfg = OmegaConf.to_container(lcfg, resolve=True)
+        if name == "wandb":
+            if lcfg.get("offline") is None:
+                lcfg["offline"] = not _wandb_has_key()
+                if lcfg["offline"]:
+                    log.info("W&B: no API key found, logging offline (sync later with `wandb sync`)")
+            os.environ.setdefault("WANDB_DIR", str(out))
+        loggers.append(instantiate(lcfg))
+    return loggers
+
+
+def build_callbacks(cfg) -> list:
+    from hydra.utils import instantiate
+
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+
+
+def resolve_ckpt_path(ckpt_path, out: Path) -> str | None:
+    """``last`` -> this run folder's checkpoints/last.ckpt when it exists (else start fresh)."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if str(ckpt_path) == "last":
+        last = out / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            log.info("resuming from %s", last)
+            return str(last)
+        log.info("ckpt_path=last but %s does not exist yet: starting fresh", last)
+        return None
+    path = Path(str(ckpt_path))
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path {path} does not exist")
+    return str(path)
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable))
+    tmp.replace(path)
+
+
+def _jsonable(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    return str(x)
+
+
+def evaluate_methods(predictions: dict, gt, video_hw, query_mode: str) -> dict:
+    """TAP-Vid metrics of every method against ``gt`` (input px): {method: metrics}.
+
+    ``predictions[method] = (tracks [N,T,2], visible [N,T])`` for the ground truth's queries.
+    """
+    from dinotracker.evaluation.tapvid import evaluate_tracks, occlusion_rate_bins
+
+    out = {}
+    for method, (tracks, visible) in predictions.items():
+        tracks = np.asarray(tracks, np.float32)
+        visible = np.asarray(visible, bool)
+        m = evaluate_tracks(tracks, visible, gt.tracks, ~gt.occluded, gt.query_frames, video_hw,
+                            query_mode=query_mode)
+        m = {k: float(v) for k, v in m.items() if np.isscalar(v) or np.ndim(v) == 0}
+        try:
+            m["occlusion_bins"] = occlusion_rate_bins(tracks, visible, gt.tracks, ~gt.occluded, gt.query_frames,
+                                                      video_hw, query_mode=query_mode)
+        except TypeError:
+            pass
+        out[method] = m
+    return out
+
+
+def metrics_table(methods: dict) -> str:
+    lines = ["| method | δ_avg | OA | AJ | <δ1 | <δ2 | <δ4 | <δ8 | <δ16 |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in methods.items():
+        cells = [m.get("delta_avg"), m.get("occlusion_accuracy"), m.get("average_jaccard")]
+        cells += [m.get(f"pts_within_{d}") for d in (1, 2, 4, 8, 16)]
+        lines.append(f"| {name} | " + " | ".join("–" if c is None else f"{100 * c:.1f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def fit_video(cfg: DictConfig) -> float | None:
+    """The whole ``fit`` job for one video (see the module docstring). Returns the optimised metric."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from dinotracker.cli import resolve_precision, video_help
+    from dinotracker.data.sources import video_from_config
+    from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
+
+    if cfg.get("video") is None:
+        raise SystemExit(f"error: no video given\n  {video_help()}")
+    out = _output_dir(cfg)
+    if cfg.get("skip_if_done") and (out / "metrics.json").is_file():
+        log.info("%s already has metrics.json: skipping (skip_if_done=true)", out)
+        return _optimised(json.loads((out / "metrics.json").read_text()), cfg)
+    L.seed_everything(int(cfg.seed), workers=True)
+    video, gt = video_from_config(cfg.video)
+    log.info("video %s: %d frames %s from %s", video.name, video.num_frames, video.hw, video.source)
+    log.info("backbone %s (%s), flow %s", cfg.backbone.name, cfg.backbone.get("source"), cfg.flow.method)
+    pre = preprocess_video(video, cfg.backbone, cfg.flow, cfg.preprocess, cfg.paths.cache_dir)
+    run_info = dict(video=dict(name=video.name, source=video.source, fps=video.fps,
+                               frame_indices=[int(i) for i in video.frame_indices]),
+                    input_hw=list(video.hw), model_hw=list(pre.model_hw), preprocessed=preprocessed_info(pre),
+                    cache_dir=pre.meta["cache_dir"], backbone=str(cfg.backbone.name))
+    write_json(out / "run_info.json", run_info)
+
+    module, datamodule = build_training(pre, cfg)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "32-true"))
+    trainer = instantiate(trainer_cfg, callbacks=build_callbacks(cfg), logger=build_loggers(cfg, out) or False)
+    log.info("training %d steps on %s (%s)", cfg.trainer.max_steps, trainer.strategy.root_device,
+             trainer_cfg["precision"])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), out))
+    if trainer.global_rank != 0:
+        return None
+    module.export(out / "tracker.pt")
+    log.info("wrote %s", out / "tracker.pt")
+    results = track_and_evaluate(cfg, out, pre, video, gt, module)
+    return _optimised(results, cfg) if results else None
+
+
+def _optimised(results: dict, cfg) -> float | None:
+    name = cfg.get("optimized_metric") or "average_jaccard"
+    m = results.get("methods", {}).get("dinotracker", {})
+    return float(m[name]) if name in m else None
+
+
+def build_training(pre, cfg):
+    """The LightningModule and DataModule for ``pre`` from the ``model``/``loss``/``optim``/``data`` configs."""
+    from dinotracker.training.datamodule import CorrespondenceDataModule
+    from dinotracker.training.module import DinoTrackerModule
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    loss = OmegaConf.to_container(cfg.loss, resolve=True)
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    if str(cfg.backbone.name) == "none":
+        # Phi = 0: the prior terms are undefined and there are no DINO best-buddies (paper "w/o DINO")
+        loss["prior"]["norm_weight"] = loss["prior"]["angle_weight"] = 0.0
+        loss["dino_bb"]["weight"] = 0.0
+        log.info("backbone=none: L_prior and L_dino-bb are off")
+    module = DinoTrackerModule(pre, model=model, loss=loss, optim=optim)
+    datamodule = CorrespondenceDataModule(pre, seed=int(cfg.seed), **OmegaConf.to_container(cfg.data, resolve=True))
+    return module, datamodule
+
+
+def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
+    """After training: track a query grid (exported + drawn) and, with ground truth, score the
+    fitted tracker against the still-point and flow-chaining baselines (and raw DINO when a
+    backbone is used) on the ground truth's queries. Writes metrics.json / metrics.md."""
+    from dinotracker.evaluation.baselines import flow_chaining_baseline, still_baseline
+    from dinotracker.inference.api import load
+    from dinotracker.inference.export import save_npz
+
+    if not cfg.track.enabled:
+        return {}
+    tracker = load(out, device=str(_device_of(module)))
+    tcfg = cfg.track
+    grid = tracker.track_grid(int(tcfg.grid_step), frame=int(tcfg.grid_frame), occlusion=bool(tcfg.occlusion))
+    save_npz(out / "tracks.npz", grid["tracks"], grid["visible"], grid["confidence"], grid["queries"])
+    log.info("grid of %d queries tracked -> %s", grid["tracks"].shape[0], out / "tracks.npz")
+    if "mp4" in (tcfg.get("export") or []):
+        from dinotracker.viz.tracks import draw_tracks_video
+
+        draw_tracks_video(out / "tracks.mp4", video.frames, _np(grid["tracks"]), _np(grid["visible"]),
+                          fps=video.fps)
+        log.info("track video -> %s", out / "tracks.mp4")
+    if gt is None or not cfg.evaluate.enabled:
+        return {}
+    queries = torch.from_numpy(gt.queries)
+    ours = tracker.track(queries, occlusion=bool(tcfg.occlusion))
+    preds = {"dinotracker": (_np(ours["tracks"]), _np(ours["visible"]))}
+    baselines = list(cfg.evaluate.get("baselines") or [])
+    if "still" in baselines:
+        tr, vis = still_baseline(queries, video.num_frames)
+        preds["still"] = (_np(tr), _np(vis))
+    if "flow_chaining" in baselines:
+        from dinotracker.preprocessing.cache import StageCache
+
+        flow_entry = next(e for e in pre.meta["entries"] if e.startswith("flow-"))
+        arr, _ = StageCache(pre.meta["cache_dir"]).load("flow", flow_entry.split("-", 1)[1])
+        q_model = queries.clone()
+        q_model[:, 1:] = pre.resize.to_model(queries[:, 1:])
+        tr, vis = flow_chaining_baseline(q_model, torch.from_numpy(np.array(arr["forward"])),
+                                         torch.from_numpy(np.array(arr["backward"])))
+        preds[f"{cfg.flow.method}_chaining"] = (_np(pre.resize.to_input(tr)), _np(vis))
+    if "raw_dino" in baselines and str(cfg.backbone.name) != "none":
+        raw = load(out, device=str(_device_of(module)), raw_features=True)
+        r = raw.track(queries, occlusion=bool(tcfg.occlusion))
+        preds["raw_dino"] = (_np(r["tracks"]), _np(r["visible"]))
+    methods = evaluate_methods(preds, gt, video.hw, str(cfg.evaluate.query_mode))
+    results = dict(video=video.name, query_mode=str(cfg.evaluate.query_mode), num_queries=int(len(queries)),
+                   num_frames=video.num_frames, methods=methods)
+    write_json(out / "metrics.json", results)
+    table = metrics_table(methods)
+    (out / "metrics.md").write_text(f"# {video.name} ({len(queries)} ground-truth tracks, "
+                                    f"query mode {cfg.evaluate.query_mode})\n\n{table}\n")
+    log.info("TAP-Vid metrics (%%):\n%s", table)
+    return results
+
+
+def _device_of(module) -> torch.device:
+    if module is None:
+        return torch.device("cpu")
+    try:
+        return next(module.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

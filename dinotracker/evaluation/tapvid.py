@@ -98,13 +98,21 @@ def compute_tapvid_metrics(
     if gt_tracks.ndim != 4 or gt_tracks.shape[-1] != 2:
         raise ValueError(f"gt_tracks must be [B, N, T, 2] (x, y), got shape {gt_tracks.shape}")
     b, n, t = gt_tracks.shape[:3]
-    for name, arr, shape in (("pred_tracks", pred_tracks, (b, n, t, 2)), ("gt_occluded", gt_occluded, (b, n, t)),
-                             ("pred_occluded", pred_occluded, (b, n, t)), ("query_points", query_points, (b, n, 3))):
+    for name, arr, shape in (
+        ("pred_tracks", pred_tracks, (b, n, t, 2)),
+        ("gt_occluded", gt_occluded, (b, n, t)),
+        ("pred_occluded", pred_occluded, (b, n, t)),
+        ("query_points", query_points, (b, n, 3)),
+    ):
         if arr.shape != shape:
-            raise ValueError(f"{name} must have shape {shape} to match gt_tracks {gt_tracks.shape}, got {arr.shape}")
+            raise ValueError(
+                f"{name} must have shape {shape} to match gt_tracks {gt_tracks.shape}, got {arr.shape}"
+            )
     query_frame = np.round(query_points[..., 0]).astype(np.int64)
     if query_frame.size and (query_frame.min() < 0 or query_frame.max() >= t):
-        raise ValueError(f"query frames must lie in [0, {t}), got range [{query_frame.min()}, {query_frame.max()}]")
+        raise ValueError(
+            f"query frames must lie in [0, {t}), got range [{query_frame.min()}, {query_frame.max()}]"
+        )
 
     gt_vis = ~gt_occluded.astype(bool)
     pred_vis = ~pred_occluded.astype(bool)
@@ -163,12 +171,20 @@ def _check_video_arrays(pred_tracks, pred_visible, gt_tracks, gt_visible, query_
     if gt_tracks.ndim != 3 or gt_tracks.shape[-1] != 2:
         raise ValueError(f"gt_tracks must be [N, T, 2] (x, y) px, got shape {gt_tracks.shape}")
     n, t = gt_tracks.shape[:2]
-    for name, arr, shape in (("pred_tracks", pred_tracks, (n, t, 2)), ("pred_visible", pred_visible, (n, t)),
-                             ("gt_visible", gt_visible, (n, t)), ("query_frames", query_frames, (n,))):
+    for name, arr, shape in (
+        ("pred_tracks", pred_tracks, (n, t, 2)),
+        ("pred_visible", pred_visible, (n, t)),
+        ("gt_visible", gt_visible, (n, t)),
+        ("query_frames", query_frames, (n,)),
+    ):
         if arr.shape != shape:
-            raise ValueError(f"{name} must have shape {shape} to match gt_tracks {gt_tracks.shape}, got {arr.shape}")
+            raise ValueError(
+                f"{name} must have shape {shape} to match gt_tracks {gt_tracks.shape}, got {arr.shape}"
+            )
     if pred_visible.dtype != bool or gt_visible.dtype != bool:
-        raise ValueError(f"pred_visible / gt_visible must be bool, got {pred_visible.dtype} / {gt_visible.dtype}")
+        raise ValueError(
+            f"pred_visible / gt_visible must be bool, got {pred_visible.dtype} / {gt_visible.dtype}"
+        )
     if query_frames.dtype.kind not in "iu" and not np.all(query_frames == np.round(query_frames)):
         raise ValueError("query_frames must be integer frame indices")
     return pred_tracks, pred_visible, gt_tracks, gt_visible, query_frames.astype(np.int64)
@@ -183,10 +199,13 @@ def _rescale(xy: np.ndarray, from_hw: Sequence[int], to_hw: Sequence[int] | None
     return xy * np.array([to_hw[1] / from_hw[1], to_hw[0] / from_hw[0]])
 
 
-def _tapvid_batch(pred_tracks, pred_visible, gt_tracks, gt_visible, query_frames, video_hw, resize_to, pred_hw):
+def _tapvid_batch(
+    pred_tracks, pred_visible, gt_tracks, gt_visible, query_frames, video_hw, resize_to, pred_hw
+):
     """One video in our convention -> tapnet's batched arrays (B = 1) at the metric resolution."""
     pred_tracks, pred_visible, gt_tracks, gt_visible, query_frames = _check_video_arrays(
-        pred_tracks, pred_visible, gt_tracks, gt_visible, query_frames)
+        pred_tracks, pred_visible, gt_tracks, gt_visible, query_frames
+    )
     gt = _rescale(gt_tracks, video_hw, resize_to)
     pred = _rescale(pred_tracks, video_hw if pred_hw is None else pred_hw, resize_to)
     n = gt.shape[0]
@@ -225,9 +244,11 @@ def evaluate_tracks(
 
     Returns:
         The keys of :func:`compute_tapvid_metrics` plus ``delta_avg`` (= ``average_pts_within_thresh``).
+        A NaN predicted position counts as a miss (and as a false positive if predicted visible).
     """
-    batch = _tapvid_batch(pred_tracks, pred_visible, gt_tracks, gt_visible, query_frames, video_hw, resize_to,
-                          pred_hw)
+    batch = _tapvid_batch(
+        pred_tracks, pred_visible, gt_tracks, gt_visible, query_frames, video_hw, resize_to, pred_hw
+    )
     m = compute_tapvid_metrics(*batch, query_mode=query_mode)
     out = {key: float(v[0]) for key, v in m.items()}
     out["delta_avg"] = out["average_pts_within_thresh"]
@@ -243,7 +264,9 @@ def mean_over_videos(per_video: Sequence[Mapping[str, object]], skip_nan: bool =
     """
     if len(per_video) == 0:
         raise ValueError("mean_over_videos needs at least one video's metrics")
-    keys = [k for k in per_video[0] if all(k in m and np.ndim(m[k]) == 0 and _is_number(m[k]) for m in per_video)]
+    keys = [
+        k for k in per_video[0] if all(k in m and np.ndim(m[k]) == 0 and _is_number(m[k]) for m in per_video)
+    ]
     out = {}
     for k in keys:
         vals = np.array([float(m[k]) for m in per_video], np.float64)
@@ -264,7 +287,8 @@ def track_occlusion_rates(gt_visible: np.ndarray) -> np.ndarray:
     gt_visible = np.asarray(gt_visible)
     if gt_visible.ndim != 2 or gt_visible.shape[1] == 0:
         raise ValueError(f"gt_visible must be [N, T] with T > 0, got shape {gt_visible.shape}")
-    return 1.0 - gt_visible.mean(axis=1, dtype=np.float64)
+    # count / T rather than 1 - mean(visible): 1/10 must land exactly on a 0.1 bin edge
+    return (~gt_visible.astype(bool)).sum(axis=1) / gt_visible.shape[1]
 
 
 def video_occlusion_rate(gt_visible: np.ndarray) -> float:
@@ -306,22 +330,31 @@ def occlusion_rate_bins(
     "mean_occlusion_rate", "average_jaccard", "delta_avg", "occlusion_accuracy"}, ...]}``
     (metrics are NaN for an empty bin).
     """
-    qp, go, gt, po, pt = _tapvid_batch(pred_tracks, pred_visible, gt_tracks, gt_visible, query_frames, video_hw,
-                                       resize_to, pred_hw)
+    qp, go, gt, po, pt = _tapvid_batch(
+        pred_tracks, pred_visible, gt_tracks, gt_visible, query_frames, video_hw, resize_to, pred_hw
+    )
     rates = track_occlusion_rates(~go[0])
     which = _bin_index(rates, edges)
     bins = []
     for i in range(len(edges) - 1):
         sel = np.flatnonzero(which == i)
-        entry = {"lo": float(edges[i]), "hi": float(edges[i + 1]), "num_tracks": int(sel.size),
-                 "mean_occlusion_rate": float(rates[sel].mean()) if sel.size else float("nan")}
+        entry = {
+            "lo": float(edges[i]),
+            "hi": float(edges[i + 1]),
+            "num_tracks": int(sel.size),
+            "mean_occlusion_rate": float(rates[sel].mean()) if sel.size else float("nan"),
+        }
         if sel.size:
             m = compute_tapvid_metrics(qp[:, sel], go[:, sel], gt[:, sel], po[:, sel], pt[:, sel], query_mode)
-            entry.update(average_jaccard=float(m["average_jaccard"][0]),
-                         delta_avg=float(m["average_pts_within_thresh"][0]),
-                         occlusion_accuracy=float(m["occlusion_accuracy"][0]))
+            entry.update(
+                average_jaccard=float(m["average_jaccard"][0]),
+                delta_avg=float(m["average_pts_within_thresh"][0]),
+                occlusion_accuracy=float(m["occlusion_accuracy"][0]),
+            )
         else:
-            entry.update(average_jaccard=float("nan"), delta_avg=float("nan"), occlusion_accuracy=float("nan"))
+            entry.update(
+                average_jaccard=float("nan"), delta_avg=float("nan"), occlusion_accuracy=float("nan")
+            )
         bins.append(entry)
     return {"edges": [float(e) for e in edges], "bins": bins}
 
@@ -343,7 +376,9 @@ def group_by_occlusion_rate(
     """
     rates = np.asarray(occlusion_rates, np.float64)
     if rates.shape != (len(per_video),):
-        raise ValueError(f"need one occlusion rate per video: {len(per_video)} videos, rates shape {rates.shape}")
+        raise ValueError(
+            f"need one occlusion rate per video: {len(per_video)} videos, rates shape {rates.shape}"
+        )
     if isinstance(edges, str):
         if edges != "tertiles":
             raise ValueError(f"edges must be a sequence or 'tertiles', got {edges!r}")
@@ -355,7 +390,9 @@ def group_by_occlusion_rate(
     out = []
     for i, g in enumerate(groups):
         if isinstance(edges, str):
-            lo, hi = (float(rates[g].min()), float(rates[g].max())) if g.size else (float("nan"), float("nan"))
+            lo, hi = (
+                (float(rates[g].min()), float(rates[g].max())) if g.size else (float("nan"), float("nan"))
+            )
         else:
             lo, hi = float(edges[i]), float(edges[i + 1])
         entry = {"lo": lo, "hi": hi, "num_videos": int(g.size)}

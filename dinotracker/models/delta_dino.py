@@ -30,7 +30,8 @@ class DeltaDINO(nn.Module):
     """
 
     def __init__(self, out_dim: int = 1024, channels: Sequence[int] = (64, 128, 256), kernel_size: int = 5,
-                 last_bn_gamma: float = 0.05, in_channels: int = 3, last_dilation: int = 2):
+                 last_bn_gamma: float = 0.05, in_channels: int = 3, last_dilation: int = 2,
+                 zero_init: bool = True):
         super().__init__()
         if out_dim < 1 or any(c < 1 for c in channels) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"bad DeltaDINO config: out_dim={out_dim}, channels={channels}, "
@@ -47,9 +48,10 @@ class DeltaDINO(nn.Module):
                              padding_mode="reflect")
             bn = nn.BatchNorm2d(chans[i + 1])
             if last:
-                nn.init.zeros_(conv.weight)
-                nn.init.zeros_(conv.bias)
-                nn.init.constant_(bn.weight, last_bn_gamma)
+                if zero_init:  # with no DINO prior (Phi = 0) a zero residual would get no gradient
+                    nn.init.zeros_(conv.weight)
+                    nn.init.zeros_(conv.bias)
+                nn.init.constant_(bn.weight, last_bn_gamma if zero_init else 1.0)
                 nn.init.zeros_(bn.bias)
                 layers += [conv, bn]
             else:

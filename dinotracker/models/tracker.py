@@ -120,12 +120,14 @@ class DinoTracker(nn.Module):
         align_mode: Delta-DINO -> patch-grid alignment, ``"center"`` or ``"reference"``
             (see :func:`~dinotracker.models.delta_dino.cnn_index_of_raster`).
         delta_channels: hidden widths of Delta-DINO.
+        delta_zero_init: zero-initialise Delta-DINO's last layer (the paper); False for ``backbone=none``.
     """
 
     def __init__(self, feature_dim: int, patch: int, stride: int, model_hw: tuple[int, int],
                  radius: float = 35.0, coarse_from: str = "raw", normalized_refiner: bool = True,
                  use_delta: bool = True, use_refiner: bool = True, align_mode: str = "center",
-                 delta_channels: tuple[int, ...] = (64, 128, 256), refiner_hidden: int = 16):
+                 delta_channels: tuple[int, ...] = (64, 128, 256), refiner_hidden: int = 16,
+                 delta_zero_init: bool = True):
         super().__init__()
         if coarse_from not in COARSE_FROM:
             raise ValueError(f"coarse_from must be one of {COARSE_FROM}, got {coarse_from!r}")
@@ -139,7 +141,10 @@ class DinoTracker(nn.Module):
         self.radius = float(radius)
         self.coarse_from = coarse_from
         self.align_mode = align_mode
-        self.delta_dino = DeltaDINO(out_dim=feature_dim, channels=delta_channels) if use_delta else None
+        # zero_init: refined == raw DINO at step 0 (the paper); off for backbone=none, where a zero
+        # residual on zero features would receive no gradient through the ReLU'd cost volume
+        self.delta_dino = (DeltaDINO(out_dim=feature_dim, channels=delta_channels, zero_init=delta_zero_init)
+                           if use_delta else None)
         self.refiner = Refiner(hidden=refiner_hidden, normalized=normalized_refiner) if use_refiner else None
         centers = patch_center_grid(self.grid_hw, self.patch, self.stride).reshape(-1, 2)
         self.register_buffer("centers", centers, persistent=False)  # [h*w, 2] raster (x, y)

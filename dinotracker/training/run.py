@@ -186,7 +186,8 @@ def build_training(pre, cfg):
         # Phi = 0: the prior terms are undefined and there are no DINO best-buddies (paper "w/o DINO")
         loss["prior"]["norm_weight"] = loss["prior"]["angle_weight"] = 0.0
         loss["dino_bb"]["weight"] = 0.0
-        log.info("backbone=none: L_prior and L_dino-bb are off")
+        model["delta_zero_init"] = False  # a zero residual on zero features would get no gradient
+        log.info("backbone=none: L_prior and L_dino-bb off, Delta-DINO's last layer randomly initialised")
     module = DinoTrackerModule(pre, model=model, loss=loss, optim=optim)
     datamodule = CorrespondenceDataModule(pre, seed=int(cfg.seed), **OmegaConf.to_container(cfg.data, resolve=True))
     return module, datamodule
@@ -215,6 +216,17 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
         log.info("track video -> %s", out / "tracks.mp4")
     if gt is None or not cfg.evaluate.enabled:
         return {}
+    full = None
+    if cfg.evaluate.get("all_frames") and int(cfg.video.get("stride", 1) or 1) > 1:
+        # fitted on every k-th frame, scored on all frames (paper Tab. 4): tracks are interpolated
+        # linearly in time between fitted frames; ground-truth tracks whose query frame was not
+        # fitted are left out (their query would need a frame the tracker never saw)
+        full = _full_frame_gt(cfg)
+        slot = {int(f): i for i, f in enumerate(video.frame_indices)}
+        keep = np.array([int(q) in slot for q in full.query_frames])
+        full = type(full)(full.tracks[keep], full.occluded[keep], full.query_frames[keep])
+        gt = type(full)(full.tracks[:, video.frame_indices], full.occluded[:, video.frame_indices],
+                        np.array([slot[int(q)] for q in full.query_frames]))
     queries = torch.from_numpy(gt.queries)
     ours = tracker.track(queries, occlusion=bool(tcfg.occlusion))
     preds = {"dinotracker": (_np(ours["tracks"]), _np(ours["visible"]))}
@@ -236,6 +248,10 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
         raw = load(out, device=str(_device_of(module)), raw_features=True)
         r = raw.track(queries, occlusion=bool(tcfg.occlusion))
         preds["raw_dino"] = (_np(r["tracks"]), _np(r["visible"]))
+    if full is not None:
+        preds = {k: interpolate_in_time(tr, vis, video.frame_indices, full.tracks.shape[1])
+                 for k, (tr, vis) in preds.items()}
+        gt = full
     methods = evaluate_methods(preds, gt, video.hw, str(cfg.evaluate.query_mode))
     results = dict(video=video.name, query_mode=str(cfg.evaluate.query_mode), num_queries=int(len(queries)),
                    num_frames=video.num_frames, methods=methods)
@@ -245,6 +261,26 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
                                     f"query mode {cfg.evaluate.query_mode})\n\n{table}\n")
     log.info("TAP-Vid metrics (%%):\n%s", table)
     return results
+
+
+def interpolate_in_time(tracks: np.ndarray, visible: np.ndarray, frame_indices, num_frames: int):
+    """Tracks [N,Tf,2] at source frames ``frame_indices`` [Tf] -> [N,T,2] by linear interpolation in
+    time (held constant beyond the ends); visibility from the nearest fitted frame."""
+    fi = np.asarray(frame_indices, np.float64)
+    t = np.arange(num_frames, dtype=np.float64)
+    out = np.empty((tracks.shape[0], num_frames, 2), np.float32)
+    for c in range(2):
+        out[..., c] = np.stack([np.interp(t, fi, tr) for tr in tracks[..., c]]) if len(tracks) else 0.0
+    nearest = np.abs(t[:, None] - fi[None]).argmin(1)
+    return out, np.asarray(visible)[:, nearest]
+
+
+def _full_frame_gt(cfg):
+    from dinotracker.data.sources import video_from_config
+
+    vcfg = OmegaConf.to_container(cfg.video, resolve=True)
+    vcfg.update(start=0, end=None, stride=1)
+    return video_from_config(OmegaConf.create(vcfg))[1]
 
 
 def _device_of(module) -> torch.device:

@@ -1,0 +1,431 @@
+"""LightningModule for test-time training of DINO-Tracker on one video (spec §4, paper App. A.2).
+
+The module holds the video's frames and frozen backbone features as non-persistent buffers
+(they follow the module's device and stay out of checkpoints; the backbone never runs in
+training) and the trainable :class:`~dinotracker.models.tracker.DinoTracker`. One training step
+refines the features of the step's <= 8 frames once and computes the five losses from the
+:class:`~dinotracker.training.sampler.Batch`:
+
+    L = λ_flow L_flow + λ_dbb L_dino-bb + λ_n L_norm + λ_a L_angle
+        + [step >= 5000] λ_rbb L_rfn-bb + [step >= 5000] λ_cyc L_cyc
+
+with (λ_flow, λ_dbb, λ_rbb, λ_cyc, λ_n, λ_a) = (1, 2.5e-4, 5e-5, 0.5, 1e-4, 1e-4) (spec §4.3,
+paper λ1..λ4). Adam with two groups (Delta-DINO and the heatmap refiner, lr 0.01 each); a
+``LambdaLR`` stepped every iteration decays Delta-DINO by 0.999 every 40 steps and keeps the
+refiner constant (the code; ``optim.decay_refiner=true`` also decays the refiner, the paper's
+reading, spec M4).
+
+**Cycle pseudo-labels** (``loss.cycle.pseudo_labels``). The reference labels x̂_t = P_{s→t}(x_s)
+with the same parameters and features as the prediction it supervises, so the forward half of
+L_cyc is identically zero (spec §4.3, issue #26); ``"same"`` reproduces that. ``"ema"`` (default)
+labels with an exponential moving average of Delta-DINO + refiner (decay ``ema_decay`` = 0.99,
+updated at the start of every step from the current weights, i.e. a mean teacher): the labels
+are then a temporal ensemble of the last ~100 iterates - smoother and on average more accurate
+than a single iterate - and the forward term pulls the student towards the teacher's
+cycle-consistent prediction. ``"lagged"`` copies the weights every ``lag_every`` steps instead
+(stale labels that jump, hence not the default). The teacher's BatchNorm uses batch
+statistics like the student (its running statistics are copied, never updated). The teacher
+lives in ``self.teacher`` and is saved in checkpoints and by :meth:`export`.
+
+Resume: the checkpoint holds the tracker, teacher, optimizer, scheduler, global step and (via
+the DataModule) the sampler state; the step itself uses no other randomness, so a resumed run
+ends bit-identical to an uninterrupted one on the same device.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+from dinotracker.models.tracker import DinoTracker
+from dinotracker.preprocessing.types import PreprocessedVideo
+from dinotracker.training import losses as LS
+from dinotracker.training.sampler import Batch, Correspondences, select_region_pairs
+
+log = logging.getLogger(__name__)
+
+MODEL_DEFAULTS = dict(radius=35.0, coarse_from="raw", normalized_refiner=True, use_delta=True,
+                      use_refiner=True, align_mode="center", delta_channels=(64, 128, 256), refiner_hidden=16,
+                      delta_zero_init=True, compile=False, channels_last=False, refine_chunk=None)
+LOSS_DEFAULTS = dict(
+    flow=dict(weight=1.0, start=0, huber_delta=1.0 / 32),
+    dino_bb=dict(weight=2.5e-4, start=0, temperature=0.1, divisor=700.0),
+    refined_bb=dict(weight=5e-5, start=5000, temperature=0.1, divisor=900.0),
+    cycle=dict(weight=0.5, start=5000, threshold=4.0, decay=0.8, pseudo_labels="ema", ema_decay=0.99,
+               lag_every=100, reduction="mean", huber_delta=1.0 / 32),
+    prior=dict(norm_weight=1e-4, angle_weight=1e-4, start=0),
+)
+OPTIM_DEFAULTS = dict(lr_delta=0.01, lr_refiner=0.01, gamma=0.999, decay_every=40, decay_refiner=False,
+                      betas=(0.9, 0.999), eps=1e-8)
+PSEUDO_LABELS = ("ema", "lagged", "same")
+TRACKER_KEYS = ("radius", "coarse_from", "normalized_refiner", "use_delta", "use_refiner", "align_mode",
+                "delta_channels", "refiner_hidden", "delta_zero_init")
+
+
+def _plain(cfg) -> dict:
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return {k: (_plain(v) if isinstance(v, dict) else v) for k, v in dict(cfg).items()}
+
+
+def merge_config(defaults: dict, user, where: str) -> dict:
+    """Deep-merge ``user`` over ``defaults``; unknown keys raise ValueError naming ``where``."""
+    out = copy.deepcopy(defaults)
+    for k, v in _plain(user).items():
+        if k not in out:
+            raise ValueError(f"unknown option {where}.{k}; known: {sorted(out)}")
+        if isinstance(out[k], dict):
+            out[k] = merge_config(out[k], v, f"{where}.{k}")
+        else:
+            out[k] = v
+    return out
+
+
+class StepDecay:
+    """LR factor ``gamma ** (step // every)`` (a picklable LambdaLR lambda)."""
+
+    def __init__(self, gamma: float, every: int):
+        if every < 1:
+            raise ValueError(f"decay_every must be >= 1, got {every}")
+        self.gamma, self.every = float(gamma), int(every)
+
+    def __call__(self, step: int) -> float:
+        return self.gamma ** (step // self.every)
+
+
+class Constant:
+    def __call__(self, step: int) -> float:
+        return 1.0
+
+
+def point_rows(maps: torch.Tensor) -> torch.Tensor:
+    """maps [F, C, h, w] -> channels-last rows [F*h*w, C] for :func:`gather_points`."""
+    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
+
+
+def gather_points(rows: torch.Tensor, grid_hw: tuple[int, int], frame_index: torch.Tensor, xy: torch.Tensor,
+                  patch: int, stride: int) -> torch.Tensor:
+    """Bilinear patch-grid features of points, as ``sample_points`` (align-corners on the patch
+    centres, border padding), from rows [F*h*w, C] -> [M, C].
+
+    Same values as :func:`dinotracker.models.tracker.sample_points`, but built from row gathers:
+    its backward is an ``index_add`` over C-contiguous rows instead of ``grid_sample``'s backward,
+    which parallelises over points only and loops over the 1024 channels with atomics (~1 ms per
+    call at the paper shape; the profile's top kernel). One call serves all frames.
+    """
+    h, w = grid_hw
+    c = patch / 2.0
+    u = ((xy[:, 0].float() - c) / stride).clamp(0, w - 1)
+    v = ((xy[:, 1].float() - c) / stride).clamp(0, h - 1)
+    x0 = u.floor().clamp(max=max(w - 2, 0)).long()
+    y0 = v.floor().clamp(max=max(h - 2, 0)).long()
+    fx, fy = (u - x0).unsqueeze(1), (v - y0).unsqueeze(1)
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    base = frame_index.long() * (h * w)
+    r = rows
+    f00, f01 = r[base + y0 * w + x0], r[base + y0 * w + x1]
+    f10, f11 = r[base + y1 * w + x0], r[base + y1 * w + x1]
+    out = (f00 * (1 - fx) + f01 * fx) * (1 - fy) + (f10 * (1 - fx) + f11 * fx) * fy
+    return out
+
+
+class DinoTrackerModule(L.LightningModule):
+    """Fits a :class:`DinoTracker` to one :class:`PreprocessedVideo`.
+
+    Args:
+        video: the preprocessed video (frames uint8 [T, 3, H, W], features [T, C, h, w]).
+        model: ``model.*`` options (:data:`MODEL_DEFAULTS`): radius, coarse_from, normalized_refiner,
+            use_delta, use_refiner, align_mode (DinoTracker kwargs), compile (torch.compile
+            Delta-DINO in ``setup``), channels_last (Delta-DINO in channels-last memory format),
+            refine_chunk (frames per Delta-DINO call; None = all <= 8 at once).
+        loss: ``loss.*`` options (:data:`LOSS_DEFAULTS`); a term with weight 0 is not computed.
+        optim: ``optim.*`` options (:data:`OPTIM_DEFAULTS`).
+    """
+
+    def __init__(self, video: PreprocessedVideo, model: dict | None = None, loss: dict | None = None,
+                 optim: dict | None = None):
+        super().__init__()
+        self.model_cfg = merge_config(MODEL_DEFAULTS, model, "model")
+        self.loss_cfg = merge_config(LOSS_DEFAULTS, loss, "loss")
+        self.optim_cfg = merge_config(OPTIM_DEFAULTS, optim, "optim")
+        mode = self.loss_cfg["cycle"]["pseudo_labels"]
+        if mode not in PSEUDO_LABELS:
+            raise ValueError(f"loss.cycle.pseudo_labels must be one of {PSEUDO_LABELS}, got {mode!r}")
+        if not 0.0 <= float(self.loss_cfg["cycle"]["ema_decay"]) < 1.0:
+            raise ValueError(f"loss.cycle.ema_decay must be in [0, 1), got "
+                             f"{self.loss_cfg['cycle']['ema_decay']}")
+        if int(self.loss_cfg["cycle"]["lag_every"]) < 1:
+            raise ValueError("loss.cycle.lag_every must be >= 1")
+        # scalar config only (load_from_checkpoint(path, video=...) rebuilds the module)
+        self.save_hyperparameters({"model": self.model_cfg, "loss": self.loss_cfg, "optim": self.optim_cfg})
+        feats = video.features
+        if feats.dim() != 4 or feats.shape[0] != video.num_frames:
+            raise ValueError(f"features must be [T, C, h, w] with T={video.num_frames}, got "
+                             f"{tuple(feats.shape)}")
+        if video.frames.dtype != torch.uint8 or video.frames.shape[1] != 3:
+            raise ValueError(f"frames must be uint8 [T, 3, H, W], got {video.frames.dtype} "
+                             f"{tuple(video.frames.shape)}")
+        self.model_hw = tuple(int(v) for v in video.frames.shape[-2:])
+        self.patch, self.stride = int(video.patch), int(video.stride)
+        self.model_kwargs = dict(feature_dim=int(feats.shape[1]), patch=self.patch, stride=self.stride,
+                                 model_hw=self.model_hw, **{k: self.model_cfg[k] for k in TRACKER_KEYS})
+        self.model_kwargs["delta_channels"] = tuple(int(c) for c in self.model_kwargs["delta_channels"])
+        self.tracker = DinoTracker(**self.model_kwargs)
+        if self.model_cfg["channels_last"] and self.tracker.delta_dino is not None:
+            self.tracker.delta_dino.to(memory_format=torch.channels_last)
+        self.register_buffer("frames", video.frames, persistent=False)  # uint8 [T, 3, H, W]
+        self.register_buffer("features", feats, persistent=False)  # [T, C, h, w], frozen
+        self.teacher: DinoTracker | None = None
+        if mode != "same" and (self.tracker.delta_dino is not None or self.tracker.refiner is not None):
+            self.teacher = copy.deepcopy(self.tracker).requires_grad_(False)
+            for m in self.teacher.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = 0.0  # batch statistics in train mode, running stats never updated
+
+    # ------------------------------------------------------------------ setup / optim
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.model_cfg["compile"] and self.tracker.delta_dino is not None:
+            # in place (nn.Module.compile): state_dict keys stay unchanged
+            self.tracker.delta_dino.compile()
+            if self.teacher is not None and self.teacher.delta_dino is not None:
+                self.teacher.delta_dino.compile()
+
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        groups, lambdas = [], []
+        delta, head = self.tracker.delta_parameters(), self.tracker.head_parameters()
+        if delta:
+            groups.append({"params": delta, "lr": float(o["lr_delta"]), "name": "delta_dino"})
+            lambdas.append(StepDecay(o["gamma"], o["decay_every"]))
+        if head:
+            groups.append({"params": head, "lr": float(o["lr_refiner"]), "name": "refiner"})
+            lambdas.append(StepDecay(o["gamma"], o["decay_every"]) if o["decay_refiner"] else Constant())
+        if not groups:
+            raise ValueError("nothing to train: model.use_delta and model.use_refiner are both false")
+        opt = torch.optim.Adam(groups, betas=tuple(o["betas"]), eps=float(o["eps"]))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ features / tracking
+    def refine(self, slots: torch.Tensor, tracker: DinoTracker | None = None) -> torch.Tensor:
+        """Refined features [F, C, h, w] of video frames ``slots`` int [F] (with grad for the student)."""
+        tracker = self.tracker if tracker is None else tracker
+        frames = self.frames[slots].float() / 255.0
+        if self.model_cfg["channels_last"]:
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        return tracker.refine(frames, self.features[slots], chunk_size=self.model_cfg["refine_chunk"])
+
+    def track(self, tracker: DinoTracker, maps: torch.Tensor, src: torch.Tensor, xy: torch.Tensor,
+              dst: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict raster xy [M, 2] in ``maps[dst]`` of points ``xy`` [M, 2] of ``maps[src]`` (int [M]).
+
+        ``rows`` (:func:`point_rows` of ``maps``) switches the query sampling to :func:`gather_points`.
+        """
+        if rows is None:
+            q = tracker.sample_points(maps, src, xy)
+        else:
+            q = gather_points(rows, tuple(maps.shape[-2:]), src, xy, self.patch, self.stride)
+        return tracker(q, maps, target_index=dst)[0]
+
+    @torch.no_grad()
+    def track_points(self, query_frame: int, query_xy: torch.Tensor, frames: torch.Tensor | None = None,
+                     chunk: int = 8, use_teacher: bool = False) -> torch.Tensor:
+        """Track ``query_xy`` [N, 2] (model raster px) of ``query_frame`` into ``frames`` int [K]
+        (default all) with the current weights in eval mode -> [N, K, 2]. For visualisation."""
+        tracker = self.teacher if use_teacher and self.teacher is not None else self.tracker
+        was = tracker.training
+        tracker.eval()
+        try:
+            dev = self.frames.device
+            frames = torch.arange(self.frames.shape[0], device=dev) if frames is None else frames.to(dev)
+            qmap = self.refine(torch.tensor([query_frame], device=dev), tracker)
+            qf = tracker.sample_features(qmap, query_xy.to(dev, torch.float32)[None])[0]  # [N, C]
+            out = []
+            for i in range(0, len(frames), chunk):
+                maps = self.refine(frames[i:i + chunk], tracker)  # [k, C, h, w]
+                out.append(tracker(qf[:, None], maps[None])[0])  # [N, k, 2]
+            return torch.cat(out, dim=1)
+        finally:
+            tracker.train(was)
+
+    # ------------------------------------------------------------------ teacher
+    @torch.no_grad()
+    def update_teacher(self, step: int) -> None:
+        """EMA / lagged copy of the student's weights (buffers are copied)."""
+        if self.teacher is None:
+            return
+        c = self.loss_cfg["cycle"]
+        s_params = dict(self.tracker.named_parameters())
+        if c["pseudo_labels"] == "ema":
+            decay = float(c["ema_decay"]) if step > 0 else 0.0
+            for n, p in self.teacher.named_parameters():
+                p.lerp_(s_params[n].detach().to(p.dtype), 1.0 - decay)
+        elif step % int(c["lag_every"]) == 0:
+            for n, p in self.teacher.named_parameters():
+                p.copy_(s_params[n].detach())
+        else:
+            return
+        s_bufs = dict(self.tracker.named_buffers())
+        for n, b in self.teacher.named_buffers():
+            if n in s_bufs:
+                b.copy_(s_bufs[n])
+
+    # ------------------------------------------------------------------ losses
+    def _active(self, name: str, step: int, key: str = "weight") -> bool:
+        c = self.loss_cfg[name]
+        return float(c[key]) != 0.0 and step >= int(c["start"])
+
+    def compute_losses(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and the unweighted terms (detached) of one step. ``step`` gates the late losses."""
+        lc = self.loss_cfg
+        slots = batch.frames
+        raw = self.features[slots]
+        maps = self.refine(slots)  # [F, C, h, w], the only Delta-DINO forward with grad
+        rows = point_rows(maps)  # shared by the flow and cycle point sampling
+        total = maps.new_zeros((), dtype=torch.float32)
+        terms: dict[str, torch.Tensor] = {}
+        p, s = self.patch, self.stride
+
+        fl = batch.flow
+        if self._active("flow", step) and len(fl):
+            pred = self.track(self.tracker, maps, fl.src_slot, fl.src_xy, fl.dst_slot, rows)
+            v = LS.flow_loss(pred, fl.dst_xy, self.model_hw, lc["flow"]["huber_delta"], fl.weight)
+            total = total + lc["flow"]["weight"] * v
+            terms["flow"] = v.detach()
+            terms["flow_epe_px"] = (pred - fl.dst_xy).norm(dim=-1).mean().detach()
+
+        bb = batch.dino_bb
+        if self._active("dino_bb", step) and len(bb):
+            c = lc["dino_bb"]
+            v = LS.dino_bb_loss(maps, bb.src_slot, bb.src_xy, bb.dst_slot, bb.dst_xy, bb.weight, p, s,
+                                c["temperature"], c["divisor"])
+            total = total + c["weight"] * v
+            terms["dino_bb"] = v.detach()
+
+        pc = lc["prior"]
+        if (float(pc["norm_weight"]) or float(pc["angle_weight"])) and step >= int(pc["start"]):
+            l_norm, l_angle = LS.prior_terms(maps, raw)
+            total = total + pc["norm_weight"] * l_norm + pc["angle_weight"] * l_angle
+            terms["prior_norm"], terms["prior_angle"] = l_norm.detach(), l_angle.detach()
+
+        if self._active("refined_bb", step) and len(batch.refined_bb):
+            c = lc["refined_bb"]
+            pairs = self._refined_pairs(maps, batch)
+            v = LS.refined_bb_loss(maps, pairs.src_slot, pairs.src_xy, pairs.dst_slot, pairs.dst_xy,
+                                   pairs.weight, p, s, c["temperature"], c["divisor"])
+            total = total + c["weight"] * v
+            terms["refined_bb"] = v.detach()
+            terms["refined_bb_pairs"] = torch.tensor(float(len(pairs)), device=total.device)
+
+        cy = batch.cycle
+        if self._active("cycle", step) and len(cy):
+            v, extra = self._cycle_loss(maps, rows, slots, cy)
+            total = total + lc["cycle"]["weight"] * v
+            terms["cycle"] = v.detach()
+            terms.update(extra)
+        terms["loss"] = total.detach()
+        return total, terms
+
+    def _refined_pairs(self, maps: torch.Tensor, batch: Batch) -> Correspondences:
+        """Mutual nearest neighbours on the current refined maps (no grad) for each frame pair of
+        ``batch.refined_bb``, subsampled fg / bg by the sampler's priorities."""
+        rp = batch.refined_bb
+        src_l, dst_l = rp.src_slot.tolist(), rp.dst_slot.tolist()
+        found = []
+        with torch.no_grad():
+            det = maps.detach()
+            for k, (a, b) in enumerate(zip(src_l, dst_l)):
+                bbp = LS.refined_best_buddies(det[a], det[b], self.patch, self.stride)
+                found.append((k, bbp))
+        pid = torch.cat([torch.full((len(b.src_cell),), k, device=maps.device) for k, b in found])
+        cell = torch.cat([b.src_cell for _, b in found])
+        sel = select_region_pairs(pid, cell, rp)
+        src_xy = torch.cat([b.src_xy for _, b in found])[sel]
+        dst_xy = torch.cat([b.dst_xy for _, b in found])[sel]
+        aff = torch.cat([b.affinity for _, b in found])[sel]
+        pid = pid[sel]
+        fg = rp.cell_fg[pid, cell[sel]]
+        return Correspondences(rp.src_slot[pid], rp.dst_slot[pid], src_xy, dst_xy, aff, fg)
+
+    def _cycle_loss(self, maps: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, cy: Correspondences):
+        c = self.loss_cfg["cycle"]
+        with torch.no_grad():
+            if self.teacher is None:  # "same": the reference, forward term identically zero
+                labeller, lmaps, lrows = self.tracker, maps.detach(), rows.detach()
+            else:
+                labeller = self.teacher
+                lmaps = self.refine(slots, self.teacher)
+                lrows = point_rows(lmaps)
+            fwd = self.track(labeller, lmaps, cy.src_slot, cy.src_xy, cy.dst_slot, lrows)
+            back = self.track(labeller, lmaps, cy.dst_slot, fwd, cy.src_slot, lrows)
+            lab = LS.cycle_pseudo_labels(cy.src_xy, fwd, back, c["threshold"], c["decay"])
+        keep = lab.keep
+        extra = {"cycle_kept": keep.float().mean().detach()}
+        if not bool(keep.any()):  # the reference re-draws forever; we skip the term this step
+            return maps.sum() * 0.0, extra
+        src, dst = cy.src_slot[keep], cy.dst_slot[keep]
+        x_s, x_t, w = cy.src_xy[keep], fwd[keep], lab.weights[keep]
+        pred_fwd = self.track(self.tracker, maps, src, x_s, dst, rows)
+        pred_bwd = self.track(self.tracker, maps, dst, x_t, src, rows)
+        v = LS.cycle_consistency_loss(pred_fwd, pred_bwd, x_s, x_t, w, self.model_hw, c["huber_delta"],
+                                      reduction=c["reduction"])
+        with torch.no_grad():
+            h = LS.normalized_huber(pred_fwd, x_t, self.model_hw, c["huber_delta"])
+            extra["cycle_fwd"] = (w[:, None] * h).mean()
+        return v, extra
+
+    # ------------------------------------------------------------------ lightning hooks
+    def training_step(self, batch: Batch, batch_idx: int):
+        step = int(self.global_step)
+        # before this step's labels, from the current weights: independent of Lightning's hook
+        # order (ModelCheckpoint saves before LightningModule.on_train_batch_end), so resume-exact
+        self.update_teacher(step)
+        total, terms = self.compute_losses(batch, step)
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"non-finite training loss at step {step}: "
+                                     f"{ {k: float(v) for k, v in terms.items()} }")
+        self.log("train/loss", total, prog_bar=True, batch_size=1)
+        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=1)
+        self.log("train/frames", float(len(batch.frames)), batch_size=1)
+        return {"loss": total, "terms": terms}
+
+    # ------------------------------------------------------------------ export
+    def export(self, path) -> Path:
+        """Write ``{"model_kwargs", "state_dict", "ema_state_dict"}`` (weights only, CPU tensors)
+        atomically (tmp file + ``os.replace``). ``ema_state_dict`` is the teacher's (EMA or lagged
+        weights) or None. Rebuild with ``DinoTracker(**d["model_kwargs"]).load_state_dict(...)``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
+        obj = {"model_kwargs": dict(self.model_kwargs), "state_dict": cpu(self.tracker.state_dict()),
+               "ema_state_dict": cpu(self.teacher.state_dict()) if self.teacher is not None else None}
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+        return path
+
+
+def load_exported(path, map_location="cpu", use_ema: bool = False) -> DinoTracker:
+    """Rebuild the :class:`DinoTracker` written by :meth:`DinoTrackerModule.export` (eval mode)."""
+    d = torch.load(path, map_location=map_location, weights_only=True)
+    kw = dict(d["model_kwargs"])
+    kw["model_hw"] = tuple(kw["model_hw"])
+    if "delta_channels" in kw:
+        kw["delta_channels"] = tuple(kw["delta_channels"])
+    m = DinoTracker(**kw)
+    sd = d["ema_state_dict"] if use_ema and d.get("ema_state_dict") is not None else d["state_dict"]
+    m.load_state_dict(sd)
+    return m.eval()

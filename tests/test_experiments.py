@@ -1,0 +1,61 @@
+"""Every ``experiment=`` file composes and runs the whole fit job for 2 steps on a tiny synthetic video
+(heavy backbones swapped for small random ones, RAFT for DIS: no weights, no network)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from dinotracker import config_dir
+from dinotracker.cli import _register_resolvers
+
+ALL = sorted(str(p.relative_to(config_dir() / "experiment").with_suffix(""))
+             for p in (config_dir() / "experiment").rglob("*.yaml"))
+FAST = {"demo", "quick_cpu", "paper", "ablation/no_dino", "ablation/no_prior", "subsample/every_2",
+        "layers/l16_keys"}
+
+TINY = ["video.num_frames=6", "video.height=64", "video.width=96", "video.num_points=24", "trainer.max_steps=2",
+        "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true", "preprocess.size=null",
+        "preprocess.short_side=56", "preprocess.device=cpu", "preprocess.best_buddies.topk=10", "data.flow_pairs=32",
+        "data.bb_pairs=32", "data.cycle_pairs=32", "model.delta_channels=[8,8,8]", "track.grid_step=32",
+        "logger=csv", "callbacks.track_viz.every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=1"]
+
+
+def _run(experiment, tmp_path, extra=()):
+    from dinotracker.training.run import fit_video
+
+    _register_resolvers()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("fit", overrides=["+video=synthetic", f"experiment={experiment}", *TINY, *extra,
+                                        f"paths.cache_dir={tmp_path / 'cache'}"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.output_dir = str(tmp_path / "run")
+    if cfg.flow.method != "dis":
+        cfg.flow.method = "dis"
+    if cfg.backbone.name != "none":  # a small random ViT of the configured family at the same layer/facet
+        cfg.backbone.source = "random"
+        cfg.backbone.weights = None
+        cfg.backbone.name = "dinov2_vits14"
+        cfg.backbone.dim = 384
+        cfg.backbone.layer = min(int(cfg.backbone.layer), 11)
+    return fit_video(cfg)
+
+
+@pytest.mark.parametrize("experiment", [e for e in ALL if e in FAST])
+def test_experiment_runs_two_steps(experiment, tmp_path):
+    metric = _run(experiment, tmp_path)
+    run = tmp_path / "run"
+    for f in ("run_info.json", "tracker.pt", "tracks.npz", "metrics.json", "checkpoints/last.ckpt"):
+        assert (run / f).is_file(), f
+    m = json.loads((run / "metrics.json").read_text())
+    assert {"dinotracker", "still"} <= set(m["methods"])
+    assert metric is not None and 0.0 <= metric <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", [e for e in ALL if e not in FAST])
+def test_experiment_runs_two_steps_slow(experiment, tmp_path):
+    assert _run(experiment, tmp_path) is not None

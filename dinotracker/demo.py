@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         backbone = ["backbone=dinov2_vits14", f"backbone.weights={weights}"]
         print(f"[demo] backbone: pretrained DINOv2 ViT-S/14 from {weights}")
     else:
-        backbone = ["backbone=none"]
+        backbone = ["backbone=none", "backbone.dim=128"]
         print("[demo] backbone: none -- no DINOv2 weights found locally (put dinov2_vits14_pretrain.pth "
               "in ./weights or the torch hub cache to use them); Delta-DINO learns features from scratch")
     print("[demo] flow: OpenCV DIS (offline); video: built-in synthetic video with exact ground truth")

@@ -14,9 +14,6 @@ from dinotracker.cli import _register_resolvers
 
 ALL = sorted(str(p.relative_to(config_dir() / "experiment").with_suffix(""))
              for p in (config_dir() / "experiment").rglob("*.yaml"))
-FAST = {"demo", "quick_cpu", "paper", "ablation/no_dino", "ablation/no_prior", "subsample/every_2",
-        "layers/l16_keys"}
-
 TINY = ["video.num_frames=6", "video.height=64", "video.width=96", "video.num_points=24", "trainer.max_steps=2",
         "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true", "preprocess.size=null",
         "preprocess.short_side=56", "preprocess.device=cpu", "preprocess.best_buddies.topk=10", "data.flow_pairs=32",
@@ -30,7 +27,8 @@ def _run(experiment, tmp_path, extra=()):
     _register_resolvers()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("fit", overrides=["+video=synthetic", f"experiment={experiment}", *TINY, *extra,
-                                        f"paths.cache_dir={tmp_path / 'cache'}"])
+                                        f"paths.cache_dir={tmp_path / 'cache'}",
+                                        f"paths.output_dir={tmp_path / 'run'}"])
     OmegaConf.set_struct(cfg, False)
     cfg.output_dir = str(tmp_path / "run")
     if cfg.flow.method != "dis":
@@ -44,7 +42,7 @@ def _run(experiment, tmp_path, extra=()):
     return fit_video(cfg)
 
 
-@pytest.mark.parametrize("experiment", [e for e in ALL if e in FAST])
+@pytest.mark.parametrize("experiment", ALL)
 def test_experiment_runs_two_steps(experiment, tmp_path):
     metric = _run(experiment, tmp_path)
     run = tmp_path / "run"
@@ -53,9 +51,3 @@ def test_experiment_runs_two_steps(experiment, tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert {"dinotracker", "still"} <= set(m["methods"])
     assert metric is not None and 0.0 <= metric <= 1.0
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("experiment", [e for e in ALL if e not in FAST])
-def test_experiment_runs_two_steps_slow(experiment, tmp_path):
-    assert _run(experiment, tmp_path) is not None

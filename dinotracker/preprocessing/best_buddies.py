@@ -218,9 +218,10 @@ def nearest_trajectory(tracks: torch.Tensor, t: int, points: torch.Tensor, devic
 
     tracks: [N, T, 2] raster (x, y), NaN where absent (absent = infinitely far). points: [Q, 2].
     Euclidean distance, no cap, ties -> lowest trajectory index (the reference's argmin).
-    Exact, with pruning: queries are processed in spatial tiles; an upper bound on each query's nearest
-    distance (from a strided probe subset of the trajectories) limits the candidates of a tile to a box,
-    and candidates are scanned in ascending index order in chunks of ``max_elems`` distances.
+    Exact. On CPU with many trajectories, with pruning: queries are processed in spatial tiles; an upper
+    bound on each query's nearest distance (from a strided probe subset of the trajectories) limits the
+    candidates of a tile to a box. Otherwise (few trajectories, or a GPU) one brute-force scan. Candidates
+    are scanned in ascending index order in chunks of ``max_elems`` distances (bounded memory).
     """
     points = points.to(device=device, dtype=torch.float32)
     Q = points.shape[0]
@@ -248,7 +249,9 @@ def nearest_trajectory(tracks: torch.Tensor, t: int, points: torch.Tensor, devic
             best_i = torch.where(better, c[a], best_i)
         return best_d, best_i
 
-    if n <= 16 * probe or Q * n <= max_elems:  # few trajectories: one exact chunked scan beats pruning
+    # few trajectories, or an accelerator (many small tile kernels cost more than brute force there):
+    # one exact chunked scan
+    if n <= 16 * probe or Q * n <= max_elems or torch.device(device).type != "cpu":
         out[:] = idx[scan(points, torch.arange(n, device=device))[1]]
         return out
     # spatial tiles: sort queries by a coarse cell so each tile is compact

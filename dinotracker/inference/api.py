@@ -1,12 +1,33 @@
-"""The Python API: ``dinotracker.load(run_folder)`` -> :class:`Tracker` (inputs/outputs in input pixels).
+"""The Python API: ``dinotracker.load(run_folder)`` -> :class:`Tracker` (inputs and outputs in input pixels).
 
     tracker = dinotracker.load("runs/fit/horsejump/2026-...")
-    out = tracker.track(queries)          # queries [N,3] (t, x, y) input px
-    out["tracks"], out["visible"], out["confidence"]     # [N,T,2], [N,T], [N,T]
-    grid = tracker.track_grid(step=16, frame=0, mask=None)
+    out = tracker.track(queries)            # queries [N, 3] (t, x, y) input px
+    out["tracks"], out["visible"], out["confidence"]      # [N, T, 2], [N, T], [N, T]
+    grid = tracker.track_grid(16, frame=0, mask=None)
+    feats = tracker.refined_features()      # [T, C, h, w] (segmentation tracking)
 
-The model's resolution is hidden: queries are scaled to it and tracks back (raster
-convention, :mod:`dinotracker.geometry`).
+The model resolution is hidden: queries are scaled to it and tracks back (raster convention,
+:mod:`dinotracker.geometry`).
+
+Run folder files read: ``tracker.pt`` (``{"model_kwargs", "state_dict", "ema_state_dict"}``) and
+``run_info.json`` (``preprocessed``: the cache index of :func:`preprocessing.pipeline.preprocessed_info`,
+else ``cache_dir``; ``input_hw``/``model_hw`` are checked against the cache). Only the ``frames`` and
+``features`` cache entries are loaded (memory-mapped), never trajectories or best-buddies.
+
+Reference checkpoints (AssafSinger94/dino-tracker ``models/dino_tracker/delta_dino_<it>.pt`` and
+``tracker_head_<it>.pt``, plain state dicts; the largest ``it`` present in both is used) load with
+a preprocessing cache of the same video. Key mapping (reference -> ours), see
+:func:`reference_to_state_dict`:
+
+* ``DeltaDINO.layers.<i>.<p>`` -> ``delta_dino.layers.<i>.<p>``; same ``nn.ModuleList`` layout:
+  ``[conv, bn, relu, blurpool] x 3 + [conv(dilation 2), bn]`` = indices 0..13, BlurPool buffer
+  ``filt`` (antialiased_cnns) at 3, 7, 11;
+* ``TrackerHead.cnn_refiner.<i>.<p>`` (``NormalizedConv2d`` at 0 and 2) -> ``refiner.net.<i>.<p>``.
+
+The converted model is built with ``align_mode="reference"``, ``coarse_from="raw"``,
+``normalized_refiner=True`` (the reference's choices). Known residual difference: the reference's
+coordinates are pixel *indices* (align_corners=True) where ours are raster, a 0.5 px convention
+offset of the exported tracks.
 """
 
 from __future__ import annotations
@@ -14,133 +35,345 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dinotracker.inference.queries import grid_queries
-from dinotracker.inference.tracker import predict_occlusion, refined_maps, track_queries
+from dinotracker.geometry import Resize
+from dinotracker.inference.occlusion import cosine_confidence, predict_occlusion, track_cosines
+from dinotracker.inference.queries import as_queries, grid_queries, queries_to_model
+from dinotracker.inference.tracker import FeatureBank, default_storage_dtype, refined_maps, track_queries
 from dinotracker.models.tracker import DinoTracker
-from dinotracker.preprocessing.types import PreprocessedVideo
 
 log = logging.getLogger(__name__)
 
 
-class Tracker:
-    """A fitted DINO-Tracker bound to its video's preprocessing (frames and frozen features)."""
+@dataclass
+class InferenceVideo:
+    """What inference needs of a preprocessed video (a subset of ``PreprocessedVideo``).
 
-    def __init__(self, model: DinoTracker, video: PreprocessedVideo, device="cpu", chunk: int = 4096,
-                 anchor_cos: float = 0.7, visible_cos: float = 0.6):
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.video = video
-        self.chunk, self.anchor_cos, self.visible_cos = int(chunk), float(anchor_cos), float(visible_cos)
-        self._maps: torch.Tensor | None = None
+    frames uint8 [T, 3, H, W] at ``resize.model_hw``; features [T, C, h, w] frozen backbone features.
+    """
 
-    @property
-    def patch(self) -> int:
-        return self.video.patch
-
-    @property
-    def stride(self) -> int:
-        return self.video.stride
+    name: str
+    frames: torch.Tensor
+    features: torch.Tensor
+    patch: int
+    stride: int
+    resize: Resize
+    meta: dict = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
-        return self.video.num_frames
+        return int(self.frames.shape[0])
+
+
+class Tracker:
+    """A fitted DINO-Tracker bound to its video's frames and frozen features.
+
+    Args:
+        model: the :class:`DinoTracker` (put in eval mode here).
+        video: a ``PreprocessedVideo`` or :class:`InferenceVideo` (``frames``, ``features``,
+            ``resize``; ``patch``/``stride`` must match the model's).
+        device: where features and maths live.
+        chunk: default number of (query, frame) heatmaps evaluated at once; peak memory is about
+            ``chunk * h * w * 200`` bytes (refiner scratch: shifted copies and 16 channels) plus the
+            feature bank.
+        anchor_cos, visible_cos: occlusion thresholds (spec §5.2: 0.7, 0.6).
+        storage_dtype: feature bank dtype (default fp32; fp16 halves memory but may flip near-ties).
+        feature_chunk: frames per Delta-DINO call when refining.
+    """
+
+    def __init__(
+        self,
+        model: DinoTracker,
+        video,
+        device="cpu",
+        chunk: int = 512,
+        anchor_cos: float = 0.7,
+        visible_cos: float = 0.6,
+        storage_dtype: torch.dtype | None = None,
+        feature_chunk: int = 8,
+    ):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        if (model.patch, model.stride) != (int(video.patch), int(video.stride)):
+            raise ValueError(
+                f"model patch/stride {(model.patch, model.stride)} != video's {(video.patch, video.stride)}"
+            )
+        if tuple(video.features.shape[-2:]) != tuple(model.grid_hw):
+            raise ValueError(f"feature grid {tuple(video.features.shape[-2:])} != model grid {model.grid_hw}")
+        self.video = video
+        self.chunk = int(chunk)
+        self.anchor_cos, self.visible_cos = float(anchor_cos), float(visible_cos)
+        self.storage_dtype = storage_dtype or default_storage_dtype(self.device)
+        self.feature_chunk = int(feature_chunk)
+        self._bank: FeatureBank | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def patch(self) -> int:
+        return self.model.patch
+
+    @property
+    def stride(self) -> int:
+        return self.model.stride
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.video.frames.shape[0])
+
+    @property
+    def resize(self) -> Resize:
+        return self.video.resize
 
     @property
     def input_hw(self) -> tuple[int, int]:
-        return self.video.resize.input_hw
+        return tuple(self.video.resize.input_hw)
 
-    def refined_features(self) -> torch.Tensor:
-        """Refined features of every frame [T,C,h,w] (computed once, cached)."""
-        if self._maps is None:
-            self._maps = refined_maps(self.model, self.video.frames, self.video.features, device=self.device)
-        return self._maps
+    @property
+    def model_hw(self) -> tuple[int, int]:
+        return tuple(self.video.resize.model_hw)
 
+    # ------------------------------------------------------------------ features
+    @property
+    def bank(self) -> FeatureBank:
+        """Refined features of all frames, computed once (no grad) and cached."""
+        if self._bank is None:
+            maps = refined_maps(
+                self.model,
+                self.video.frames,
+                self.video.features,
+                chunk=self.feature_chunk,
+                device=self.device,
+                dtype=self.storage_dtype,
+            )
+            self._bank = FeatureBank(maps)
+        return self._bank
+
+    def refined_features(self, frames=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Refined features F = Phi + Delta(I) [T', C, h, w] of ``frames`` (indices/slice; all when None),
+        on ``self.device`` in the bank's storage dtype unless ``dtype`` is given. Cell k of the grid
+        is centred at model raster ``stride * k + patch / 2``."""
+        maps = self.bank.maps
+        if frames is not None:
+            maps = (
+                maps[frames]
+                if isinstance(frames, slice)
+                else maps[torch.as_tensor(frames, device=maps.device)]
+            )
+        return maps if dtype is None else maps.to(dtype)
+
+    # ------------------------------------------------------------------ tracking
     @torch.no_grad()
-    def track(self, queries, occlusion: bool = True) -> dict[str, torch.Tensor]:
-        """queries [N,3] (t, x, y) in input px -> dict(tracks [N,T,2] input px, visible [N,T] bool,
-        confidence [N,T] float, queries [N,3]). Each query is tracked forward and backward."""
-        q = torch.as_tensor(np.asarray(queries, np.float32) if not isinstance(queries, torch.Tensor) else queries)
-        q = q.float().reshape(-1, 3)
-        t = self.num_frames
-        if q.numel() and ((q[:, 0] < 0) | (q[:, 0] > t - 1)).any():
-            raise ValueError(f"query frames must be in [0, {t - 1}]")
-        h, w = self.input_hw
-        if q.numel() and ((q[:, 1] < 0) | (q[:, 1] > w) | (q[:, 2] < 0) | (q[:, 2] > h)).any():
-            raise ValueError(f"query points must lie inside the {w}x{h} frame (x, y) in input pixels")
-        qm = q.clone()
-        qm[:, 1:] = self.video.resize.to_model(q[:, 1:])
-        maps = self.refined_features()
-        tracks = track_queries(self.model, maps, qm.to(self.device), chunk=self.chunk)
+    def track(
+        self, queries, occlusion: bool = True, chunk: int | None = None, force_query: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Track queries [N, 3] (t, x, y) in input px (tensor/array/list) through the whole video.
+
+        Returns CPU tensors: ``tracks`` float32 [N, T, 2] (x, y) input px, ``visible`` bool [N, T],
+        ``confidence`` float32 [N, T] in [0, 1] (see :mod:`.occlusion`; without occlusion it is the
+        cosine term only and ``visible`` is all True), ``queries`` float32 [N, 3] (t, x, y) input px.
+        The query frame returns the query exactly (``force_query``).
+        """
+        q = as_queries(queries, self.num_frames, self.input_hw)
+        chunk = int(chunk or self.chunk)
+        qm = queries_to_model(q, self.resize).to(self.device)
+        bank = self.bank
+        tracks = track_queries(self.model, bank, qm, chunk=chunk, force_query=force_query)
+        tq = qm[:, 0].round().long()
         if occlusion and len(q):
-            occ, conf, _ = predict_occlusion(self.model, maps, qm.to(self.device), tracks, self.anchor_cos,
-                                             self.visible_cos, chunk=self.chunk)
-            visible, confidence = ~occ, conf
+            occ = predict_occlusion(
+                self.model, bank, qm, tracks, self.anchor_cos, self.visible_cos, chunk=chunk
+            )
+            visible, confidence = ~occ.occluded, occ.confidence
         else:
             visible = torch.ones(tracks.shape[:2], dtype=torch.bool, device=tracks.device)
-            confidence = torch.ones(tracks.shape[:2], device=tracks.device)
-        tracks = self.video.resize.to_input(tracks)
-        idx = torch.arange(len(q))
-        tracks[idx, q[:, 0].round().long()] = q[:, 1:].to(tracks)  # exact at the query frame
-        return dict(tracks=tracks.cpu(), visible=visible.cpu(), confidence=confidence.float().cpu(), queries=q)
+            confidence = (
+                cosine_confidence(track_cosines(self.model, bank.maps, tracks, tq), self.visible_cos)
+                if len(q)
+                else torch.ones(tracks.shape[:2], device=tracks.device)
+            )
+        out_tracks = self.resize.to_input(tracks).float().cpu()
+        if force_query and len(q):  # exact in input px too (no model-px round trip)
+            out_tracks[torch.arange(len(q)), q[:, 0].long()] = q[:, 1:]
+        return dict(tracks=out_tracks, visible=visible.cpu(), confidence=confidence.float().cpu(), queries=q)
 
-    def track_grid(self, step: int = 16, frame: int = 0, mask=None, occlusion: bool = True) -> dict:
-        """Track a grid of points every ``step`` input px on ``frame`` (optionally inside ``mask``
-        bool [H,W] at input resolution)."""
-        return self.track(grid_queries(self.input_hw, step, frame, mask), occlusion=occlusion)
+    def track_grid(
+        self, step: float = 16, frame: int = 0, mask=None, occlusion: bool = True, chunk: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Track a grid every ``step`` input px on ``frame`` (optionally inside ``mask`` bool [H, W]
+        at input resolution); same outputs as :meth:`track` (``queries`` are the grid points)."""
+        if not 0 <= int(frame) < self.num_frames:
+            raise ValueError(f"grid frame must be in [0, {self.num_frames}), got {frame}")
+        return self.track(
+            grid_queries(self.input_hw, step, int(frame), mask), occlusion=occlusion, chunk=chunk
+        )
 
 
-def _reference_checkpoints(folder: Path):
-    """The reference implementation's ``delta_dino_<it>.pt`` / ``tracker_head_<it>.pt`` (largest it)."""
-    its = sorted(int(m.group(1)) for p in folder.glob("delta_dino_*.pt")
-                 if (m := re.fullmatch(r"delta_dino_(\d+)\.pt", p.name)))
-    its = [i for i in its if (folder / f"tracker_head_{i}.pt").is_file()]
-    return (folder / f"delta_dino_{its[-1]}.pt", folder / f"tracker_head_{its[-1]}.pt") if its else None
+# ---------------------------------------------------------------------- reference checkpoints
+def reference_to_state_dict(delta_dino_sd: dict | None, tracker_head_sd: dict | None) -> dict:
+    """Reference ``delta_dino_<it>.pt`` / ``tracker_head_<it>.pt`` state dicts -> our DinoTracker keys
+    (module docstring). A ``module.`` prefix (DataParallel) is stripped."""
+    out = {}
+    for k, v in (delta_dino_sd or {}).items():
+        k = k.removeprefix("module.")
+        if not k.startswith("layers."):
+            raise ValueError(f"unexpected Delta-DINO key {k!r} (expected layers.<i>.<param>)")
+        out["delta_dino." + k] = v
+    for k, v in (tracker_head_sd or {}).items():
+        k = k.removeprefix("module.")
+        if not k.startswith("cnn_refiner."):
+            raise ValueError(f"unexpected tracker-head key {k!r} (expected cnn_refiner.<i>.<param>)")
+        out["refiner.net." + k.removeprefix("cnn_refiner.")] = v
+    return out
 
 
-def load(run_folder, device="cpu", use_ema: bool = False, raw_features: bool = False, cache_dir=None,
-         **tracker_kwargs) -> Tracker:
-    """A fitted tracker from a run folder (``tracker.pt`` + ``run_info.json``), or from a folder of the
-    reference implementation's checkpoints (``delta_dino_<it>.pt``, ``tracker_head_<it>.pt``) together
-    with ``cache_dir`` (this package's preprocessing cache of the same video).
+def state_dict_to_reference(state_dict: dict) -> tuple[dict, dict]:
+    """Inverse of :func:`reference_to_state_dict`: ours -> (delta_dino_sd, tracker_head_sd)."""
+    delta, head = {}, {}
+    for k, v in state_dict.items():
+        if k.startswith("delta_dino."):
+            delta[k.removeprefix("delta_dino.")] = v
+        elif k.startswith("refiner.net."):
+            head["cnn_refiner." + k.removeprefix("refiner.net.")] = v
+        else:
+            raise ValueError(f"key {k!r} has no reference counterpart")
+    return delta, head
 
-    ``raw_features=True`` gives the raw-DINO baseline (no Delta-DINO, no refiner: H = S).
+
+def find_reference_checkpoints(folder) -> tuple[Path, Path, int] | None:
+    """``(delta_dino_<it>.pt, tracker_head_<it>.pt, it)`` with the largest ``it`` present in both, looked
+    up in ``folder`` and ``folder/models/dino_tracker`` (the reference's layout); None if absent."""
+    folder = Path(folder)
+    for d in (folder, folder / "models" / "dino_tracker"):
+        its = sorted(
+            int(m.group(1))
+            for p in d.glob("delta_dino_*.pt")
+            if (m := re.fullmatch(r"delta_dino_(\d+)\.pt", p.name))
+        )
+        its = [i for i in its if (d / f"tracker_head_{i}.pt").is_file()]
+        if its:
+            return d / f"delta_dino_{its[-1]}.pt", d / f"tracker_head_{its[-1]}.pt", its[-1]
+    return None
+
+
+# ---------------------------------------------------------------------- loading
+def load_inference_video(source) -> InferenceVideo:
+    """Frames and features of a preprocessed video from a cache index dict (``run_info["preprocessed"]``)
+    or a cache folder (its ``preprocessed.json``), memory-mapped; only those two entries are read."""
+    from dinotracker.preprocessing.cache import StageCache
+
+    info = source if isinstance(source, dict) else _cache_index(Path(source))
+    stages = {e.rsplit("-", 1)[0]: e.rsplit("-", 1)[1] for e in info["entries"]}
+    missing = [s for s in ("frames", "features") if s not in stages]
+    if missing:
+        raise FileNotFoundError(f"preprocessing cache {info.get('cache_dir')} lacks {missing} entries")
+    cache = StageCache(info["cache_dir"])
+    frames = cache.load("frames", stages["frames"])[0]["frames"]
+    feats = cache.load("features", stages["features"])[0]["features"]
+    return InferenceVideo(
+        name=str(info.get("name", "video")),
+        frames=torch.from_numpy(np.array(frames)),
+        features=torch.from_numpy(np.array(feats)),
+        patch=int(info["patch"]),
+        stride=int(info["stride"]),
+        resize=Resize(tuple(info["input_hw"]), tuple(info["model_hw"])),
+        meta=dict(info),
+    )
+
+
+def _cache_index(folder: Path) -> dict:
+    path = folder / "preprocessed.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a preprocessing cache (no preprocessed.json); run "
+            "`python -m dinotracker.preprocess +video=...` first"
+        )
+    return json.loads(path.read_text())
+
+
+def load(
+    run_folder,
+    device="cpu",
+    use_ema: bool = False,
+    raw_features: bool = False,
+    cache_dir=None,
+    **tracker_kwargs,
+) -> Tracker:
+    """A :class:`Tracker` from a run folder (``tracker.pt`` + ``run_info.json``) or from a folder of the
+    reference implementation's checkpoints together with ``cache_dir`` (this package's preprocessing
+    cache of the same video).
+
+    ``use_ema``: the teacher (EMA) weights when the run saved them. ``raw_features=True`` gives the
+    raw-DINO baseline: no Delta-DINO and no refiner (H = softmax(S)).
+    ``cache_dir`` overrides the run's cache location (a moved cache). Other keyword arguments go to
+    :class:`Tracker` (``chunk``, ``anchor_cos``, ``visible_cos``, ``storage_dtype``).
     """
-    from dinotracker.preprocessing.pipeline import load_preprocessed
-
     folder = Path(run_folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"run folder not found: {folder}")
-    ref = _reference_checkpoints(folder)
     if (folder / "tracker.pt").is_file():
-        info = json.loads((folder / "run_info.json").read_text())
-        video = load_preprocessed(info["preprocessed"])
+        info_path = folder / "run_info.json"
+        if not info_path.is_file():
+            raise FileNotFoundError(f"{folder} has tracker.pt but no run_info.json")
+        info = json.loads(info_path.read_text())
+        if cache_dir is not None:
+            video = load_inference_video(Path(cache_dir))
+        elif isinstance(info.get("preprocessed"), dict):
+            video = load_inference_video(info["preprocessed"])
+        elif info.get("cache_dir"):
+            video = load_inference_video(Path(info["cache_dir"]))
+        else:
+            raise ValueError(f"{info_path} names no preprocessing cache; pass cache_dir=")
+        for key in ("input_hw", "model_hw"):
+            if key in info and tuple(info[key]) != tuple(getattr(video.resize, key)):
+                raise ValueError(f"run_info {key}={info[key]} but the cache has {getattr(video.resize, key)}")
         d = torch.load(folder / "tracker.pt", map_location="cpu", weights_only=True)
         kw = dict(d["model_kwargs"])
         kw["model_hw"] = tuple(kw["model_hw"])
         state = d["ema_state_dict"] if use_ema and d.get("ema_state_dict") is not None else d["state_dict"]
         model = DinoTracker(**kw)
         model.load_state_dict(state)
-    elif ref is not None:
-        if cache_dir is None:
-            raise ValueError(f"{folder} holds reference checkpoints: pass cache_dir=<this video's preprocessing "
-                             "cache> (python -m dinotracker.preprocess +video=... makes one)")
-        video = load_preprocessed(cache_dir)
-        model = DinoTracker(feature_dim=int(video.features.shape[1]), patch=video.patch, stride=video.stride,
-                            model_hw=video.model_hw, align_mode="reference")
-        delta_sd = torch.load(ref[0], map_location="cpu", weights_only=True)
-        head_sd = torch.load(ref[1], map_location="cpu", weights_only=True)
-        model.load_reference_state_dicts(delta_sd, head_sd)
-        log.info("loaded reference checkpoints %s, %s", ref[0].name, ref[1].name)
     else:
-        raise FileNotFoundError(f"{folder} has neither tracker.pt (a dinotracker run) nor "
-                                "delta_dino_<it>.pt + tracker_head_<it>.pt (reference checkpoints)")
-    if raw_features:
-        kw = dict(feature_dim=model.feature_dim, patch=model.patch, stride=model.stride, model_hw=model.model_hw,
-                  radius=model.radius, coarse_from=model.coarse_from, use_delta=False, use_refiner=False)
-        model = DinoTracker(**kw)
+        ref = find_reference_checkpoints(folder)
+        if ref is None:
+            raise FileNotFoundError(
+                f"{folder} has neither tracker.pt (a dinotracker run) nor "
+                "delta_dino_<it>.pt + tracker_head_<it>.pt (reference checkpoints)"
+            )
+        if cache_dir is None:
+            raise ValueError(
+                f"{folder} holds reference checkpoints: pass cache_dir=<this video's preprocessing "
+                "cache> (python -m dinotracker.preprocess +video=... makes one)"
+            )
+        video = load_inference_video(Path(cache_dir))
+        model = DinoTracker(
+            feature_dim=int(video.features.shape[1]),
+            patch=video.patch,
+            stride=video.stride,
+            model_hw=video.resize.model_hw,
+            coarse_from="raw",
+            normalized_refiner=True,
+            align_mode="reference",
+        )
+        sd = reference_to_state_dict(
+            torch.load(ref[0], map_location="cpu", weights_only=True),
+            torch.load(ref[1], map_location="cpu", weights_only=True),
+        )
+        model.load_state_dict(sd, strict=True)
+        log.info("loaded reference checkpoints %s, %s (iteration %d)", ref[0].name, ref[1].name, ref[2])
+    if raw_features:  # F = Phi and H = softmax(S): nearest-neighbour tracking on the frozen features
+        model = DinoTracker(
+            feature_dim=model.feature_dim,
+            patch=model.patch,
+            stride=model.stride,
+            model_hw=model.model_hw,
+            radius=model.radius,
+            coarse_from=model.coarse_from,
+            use_delta=False,
+            use_refiner=False,
+        )
     return Tracker(model.eval(), video, device=device, **tracker_kwargs)

@@ -19,25 +19,35 @@ def as_queries(queries, num_frames: int, hw: tuple[int, int]) -> torch.Tensor:
     ``queries`` is an array/tensor/list [N, 3]. ``t`` must be an integer frame index in
     ``[0, num_frames)``; ``(x, y)`` must lie in the ``hw`` = (H, W) image ``[0, W] x [0, H]``.
     """
-    q = torch.as_tensor(np.asarray(queries.detach().cpu() if isinstance(queries, torch.Tensor) else queries,
-                                   dtype=np.float64))
+    q = torch.as_tensor(
+        np.asarray(queries.detach().cpu() if isinstance(queries, torch.Tensor) else queries, dtype=np.float64)
+    )
     if q.dim() == 1 and q.numel() == 3:
         q = q[None]
     if q.dim() != 2 or q.shape[1] != 3:
-        raise ValueError(f"queries must be [N, 3] rows of (t, x, y) in input pixels, got shape {tuple(q.shape)}")
+        raise ValueError(
+            f"queries must be [N, 3] rows of (t, x, y) in input pixels, got shape {tuple(q.shape)}"
+        )
     if not torch.isfinite(q).all():
         raise ValueError("queries contain NaN/inf")
     t = q[:, 0]
     if (t != t.round()).any():
-        raise ValueError("query frame indices (column 0) must be integers; did you pass (x, y, t)? "
-                         "the order is (t, x, y)")
+        raise ValueError(
+            "query frame indices (column 0) must be integers; did you pass (x, y, t)? the order is (t, x, y)"
+        )
     if q.shape[0] and (t.min() < 0 or t.max() >= num_frames):
-        raise ValueError(f"query frame indices must be in [0, {num_frames}), got [{int(t.min())}, {int(t.max())}]")
+        raise ValueError(
+            f"query frame indices must be in [0, {num_frames}), got [{int(t.min())}, {int(t.max())}]"
+        )
     h, w = hw
-    if q.shape[0] and ((q[:, 1] < 0).any() or (q[:, 1] > w).any() or (q[:, 2] < 0).any() or (q[:, 2] > h).any()):
-        raise ValueError(f"query (x, y) must lie inside the {w}x{h} (W x H) input frame; got x in "
-                         f"[{float(q[:, 1].min()):.1f}, {float(q[:, 1].max()):.1f}], y in "
-                         f"[{float(q[:, 2].min()):.1f}, {float(q[:, 2].max()):.1f}] (is the order (t, x, y)?)")
+    if q.shape[0] and (
+        (q[:, 1] < 0).any() or (q[:, 1] > w).any() or (q[:, 2] < 0).any() or (q[:, 2] > h).any()
+    ):
+        raise ValueError(
+            f"query (x, y) must lie inside the {w}x{h} (W x H) input frame; got x in "
+            f"[{float(q[:, 1].min()):.1f}, {float(q[:, 1].max()):.1f}], y in "
+            f"[{float(q[:, 2].min()):.1f}, {float(q[:, 2].max()):.1f}] (is the order (t, x, y)?)"
+        )
     return q.to(torch.float32)
 
 
@@ -81,3 +91,54 @@ def queries_to_input(queries: torch.Tensor, resize: Resize) -> torch.Tensor:
     out = queries.clone()
     out[:, 1:] = resize.to_input(queries[:, 1:])
     return out
+
+
+def read_queries(path) -> torch.Tensor:
+    """Queries from a file -> float32 [N, 3] (t, x, y) input px.
+
+    ``.npz``: the ``queries`` array [N, 3]. ``.npy``: an [N, 3] array. ``.csv``/``.txt``: rows
+    ``t,x,y`` (comma or whitespace separated); a header row is optional and, when present, may name
+    the columns ``t``/``frame``, ``x``, ``y`` in any order.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"queries file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path) as z:
+            if "queries" not in z.files:
+                raise ValueError(f"{path} has no 'queries' array (has {z.files})")
+            arr = z["queries"]
+    elif suffix == ".npy":
+        arr = np.load(path)
+    else:
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        rows = [[c for c in ln.replace(",", " ").replace(";", " ").split()] for ln in lines]
+        order = [0, 1, 2]
+        if rows and not _is_number(rows[0][0]):
+            names = [c.lower() for c in rows[0]]
+            alias = {"t": "t", "frame": "t", "time": "t", "x": "x", "y": "y"}
+            try:
+                idx = {alias[c]: i for i, c in enumerate(names) if c in alias}
+                order = [idx["t"], idx["x"], idx["y"]]
+            except KeyError as e:
+                raise ValueError(f"{path}: header {rows[0]} must name columns t (or frame), x, y") from e
+            rows = rows[1:]
+        try:
+            arr = np.array([[float(r[i]) for i in order] for r in rows], dtype=np.float64).reshape(-1, 3)
+        except (ValueError, IndexError) as e:
+            raise ValueError(f"{path}: every row must hold t, x, y numbers") from e
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"{path}: queries must be [N, 3] (t, x, y), got {arr.shape}")
+    return torch.from_numpy(arr).to(torch.float32)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False

@@ -66,16 +66,16 @@ def summarise(rows: list[dict], paper: dict, out: Path) -> str:
         p = paper.get(m, {})
         cells = [f"{100 * mean[k]:.1f}" for k in METRICS] + [f"{100 * p[k]:.1f}" if k in p else "–" for k in METRICS]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    bins = [r for r in rows if r.get("occlusion_bins")]
-    if bins:
-        lines += ["", "## By occlusion rate of the track (paper Fig. 6): δ_avg / AJ", "",
-                  "| method | " + " | ".join(bins[0]["occlusion_bins"].keys()) + " |",
-                  "|---|" + "---|" * len(bins[0]["occlusion_bins"])]
+    binned = [r for r in rows if r.get("occlusion_bins") and r["occlusion_bins"].get("bins")]
+    if binned:
+        labels = [f"{b['lo']:.1f}-{b['hi']:.1f}" for b in binned[0]["occlusion_bins"]["bins"]]
+        lines += ["", "## By the track's occlusion rate (paper Fig. 6): δ_avg / AJ (%), mean over videos", "",
+                  "| method | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
         for m in methods:
-            vals = [r["occlusion_bins"] for r in bins if r["method"] == m]
+            per_bin = [[r["occlusion_bins"]["bins"][i] for r in binned if r["method"] == m] for i in range(len(labels))]
             cells = []
-            for b in bins[0]["occlusion_bins"]:
-                got = [v[b] for v in vals if v.get(b) and v[b].get("count", 0) > 0]
+            for got in per_bin:
+                got = [g for g in got if g.get("num_tracks", 0) > 0]
                 if not got:
                     cells.append("–")
                     continue

@@ -12,7 +12,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DINOTRACKER_DATA", REPO.parent / "shared" / "data"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# one thread: on a shared 2-core machine oversubscription makes tiny ops 10x slower
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -203,8 +203,9 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
 
     if not cfg.track.enabled:
         return {}
-    tracker = load(out, device=str(_device_of(module)))
     tcfg = cfg.track
+    tkw = dict(chunk=int(tcfg.chunk), anchor_cos=float(tcfg.anchor_cos), visible_cos=float(tcfg.visible_cos))
+    tracker = load(out, device=str(_device_of(module)), **tkw)
     grid = tracker.track_grid(int(tcfg.grid_step), frame=int(tcfg.grid_frame), occlusion=bool(tcfg.occlusion))
     save_npz(out / "tracks.npz", grid["tracks"], grid["visible"], grid["confidence"], grid["queries"])
     log.info("grid of %d queries tracked -> %s", grid["tracks"].shape[0], out / "tracks.npz")
@@ -212,7 +213,7 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
         from dinotracker.viz.tracks import draw_tracks_video
 
         draw_tracks_video(out / "tracks.mp4", video.frames, _np(grid["tracks"]), _np(grid["visible"]),
-                          fps=video.fps)
+                          fps=video.fps, query_frames=_np(grid["queries"])[:, 0].astype(int))
         log.info("track video -> %s", out / "tracks.mp4")
     if gt is None or not cfg.evaluate.enabled:
         return {}
@@ -245,13 +246,18 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
                                          torch.from_numpy(np.array(arr["backward"])))
         preds[f"{cfg.flow.method}_chaining"] = (_np(pre.resize.to_input(tr)), _np(vis))
     if "raw_dino" in baselines and str(cfg.backbone.name) != "none":
-        raw = load(out, device=str(_device_of(module)), raw_features=True)
+        raw = load(out, device=str(_device_of(module)), raw_features=True, **tkw)
         r = raw.track(queries, occlusion=bool(tcfg.occlusion))
         preds["raw_dino"] = (_np(r["tracks"]), _np(r["visible"]))
     if full is not None:
         preds = {k: interpolate_in_time(tr, vis, video.frame_indices, full.tracks.shape[1])
                  for k, (tr, vis) in preds.items()}
         gt = full
+    if "mp4" in (tcfg.get("export") or []) and full is None:
+        from dinotracker.viz.tracks import draw_tracks_video
+
+        draw_tracks_video(out / "tracks_vs_gt.mp4", video.frames, _np(ours["tracks"]), _np(ours["visible"]),
+                          fps=video.fps, gt_tracks=gt.tracks, gt_visible=~gt.occluded, query_frames=gt.query_frames)
     methods = evaluate_methods(preds, gt, video.hw, str(cfg.evaluate.query_mode))
     results = dict(video=video.name, query_mode=str(cfg.evaluate.query_mode), num_queries=int(len(queries)),
                    num_frames=video.num_frames, methods=methods)

@@ -157,9 +157,11 @@ def read_mask(path: Path) -> np.ndarray:
             return np.asarray(im).astype(np.uint8)
         arr = np.asarray(im.convert("L"))
     values = np.unique(arr)
-    if values.size <= 2 or set(values.tolist()) <= {0, 255}:
-        return (arr >= 128).astype(np.uint8)  # binary (JPEG-safe threshold)
-    return arr.astype(np.uint8)
+    if set(values.tolist()) <= {0, 255}:
+        return (arr >= 128).astype(np.uint8)  # binary 0/255
+    if values.size <= 32:
+        return arr.astype(np.uint8)  # grey object ids (0, 1, 2, ...)
+    return (arr >= 128).astype(np.uint8)  # a JPEG-compressed binary mask: threshold half-way
 
 
 def load_masks(folder, num_frames: int, hw: tuple[int, int]) -> np.ndarray:

@@ -69,6 +69,12 @@ def test_masks_binary_and_palette(tmp_path):
         p.save(tmp_path / "p" / f"{i:05d}.png")
     v = load_video(tmp_path / "f", masks=tmp_path / "m")
     assert set(np.unique(v.masks)) == {0, 1} and v.masks[0, 7, 7] == 1
+    ids = np.zeros((24, 40), np.uint8)
+    ids[2:5, 2:5] = 1
+    Image.fromarray(ids).save(tmp_path / "ids.png")
+    from dinotracker.data.video import read_mask
+
+    assert read_mask(tmp_path / "ids.png")[3, 3] == 1  # grey ids {0, 1} stay ids
     pal = load_masks(tmp_path / "p", 3, (24, 40))
     assert pal[2, 7, 7] == 3 and pal.max() == 3
 

@@ -36,7 +36,7 @@ class BestBuddies:
         return int(self.src_t.shape[0])
 
     @staticmethod
-    def empty() -> "BestBuddies":
+    def empty() -> BestBuddies:
         z = torch.zeros(0)
         return BestBuddies(z.long(), z.long(), z.reshape(0, 2), z.reshape(0, 2), z, z, z)
 

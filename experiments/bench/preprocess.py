@@ -53,7 +53,7 @@ def stage_table(args) -> None:
         total = time.perf_counter() - t0
     print(f"\nhorsejump: {video.num_frames} frames {video.hw} -> model {pre.model_hw}, grid {pre.grid_hw}; "
           f"device cpu, {torch.get_num_threads()} threads")
-    print(f"| stage | time (s) | peak host memory (MB) |\n|---|---|---|")
+    print("| stage | time (s) | peak host memory (MB) |\n|---|---|---|")
     for k, s in stats.items():
         print(f"| {k} | {s['seconds']:.2f} | {s['peak_mb']:.0f} |")
     print(f"| **total** | {total:.2f} | |")

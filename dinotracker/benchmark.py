@@ -97,7 +97,8 @@ def run(cfg: DictConfig) -> None:
     rows = collect(out)
     if not rows:
         raise SystemExit(f"no finished videos under {out} (fit exited with {rc})")
-    print(summarise(rows, OmegaConf.to_container(cfg.benchmark.get("paper") or {}), out))
+    paper = cfg.benchmark.get("paper")
+    print(summarise(rows, OmegaConf.to_container(paper) if paper else {}, out))
     if rc != 0:
         log.warning("some jobs failed (exit code %d); the summary covers the finished videos", rc)
 

@@ -18,9 +18,25 @@ log = logging.getLogger("dinotracker.fit")
 
 
 def run(cfg: DictConfig) -> float | None:
+    """One fit job. In a multirun (sweeps, benchmarks) a failing job is logged, leaves ``error.txt``
+    in its run folder and returns NaN, so one bad trial or video does not end the sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from dinotracker.training.run import fit_video
 
-    return fit_video(cfg)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return fit_video(cfg)
+    try:
+        return fit_video(cfg)
+    except Exception as err:  # noqa: BLE001 - reported, and the sweep goes on
+        import traceback
+        from pathlib import Path
+
+        out = Path(HydraConfig.get().runtime.output_dir)
+        (out / "error.txt").write_text(traceback.format_exc())
+        log.error("job failed (%s: %s); see %s -- the sweep continues", type(err).__name__, err, out / "error.txt")
+        return float("nan")
 
 
 main = hydra_entry(run, "fit")

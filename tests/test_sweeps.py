@@ -24,7 +24,8 @@ def _fit(tmp_path, *args):
 
 def test_optuna_search_runs_trials(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    r = _fit(tmp_path, "hparams_search=optuna_aj", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1")
+    r = _fit(tmp_path, "hparams_search=optuna_aj", "hydra.sweeper.n_trials=2",
+             "hydra.sweeper.sampler.n_startup_trials=1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list((tmp_path / "sweep").glob("*/metrics.json"))) == 2
     assert "best_value" in (tmp_path / "sweep" / "optimization_results.yaml").read_text()

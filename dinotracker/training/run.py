@@ -204,7 +204,8 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     if not cfg.track.enabled:
         return {}
     tcfg = cfg.track
-    tkw = dict(chunk=int(tcfg.chunk), anchor_cos=float(tcfg.anchor_cos), visible_cos=float(tcfg.visible_cos))
+    chunk = tcfg.get("chunk") or (4096 if _device_of(module).type == "cuda" else 512)  # small chunks starve a GPU
+    tkw = dict(chunk=int(chunk), anchor_cos=float(tcfg.anchor_cos), visible_cos=float(tcfg.visible_cos))
     tracker = load(out, device=str(_device_of(module)), **tkw)
     grid = tracker.track_grid(int(tcfg.grid_step), frame=int(tcfg.grid_frame), occlusion=bool(tcfg.occlusion))
     save_npz(out / "tracks.npz", grid["tracks"], grid["visible"], grid["confidence"], grid["queries"])

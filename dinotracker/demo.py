@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-WEIGHT_FILES = {"dinov2_vits14": "dinov2_vits14_pretrain.pth"}
-
 
 def find_local_weights(name: str = "dinov2_vits14") -> Path | None:
     """A local copy of the official checkpoint, without touching the network."""
-    fname = WEIGHT_FILES[name]
+    from dinotracker.backbones import checkpoint_name
+
+    fname = checkpoint_name(name)
     dirs = [Path(os.environ.get("DINOTRACKER_WEIGHTS", "weights"))]
     try:
         import torch

@@ -18,23 +18,12 @@ import torch
 from omegaconf import DictConfig
 
 import dinotracker
+from dinotracker.utils.device import resolve_device
 
 log = logging.getLogger("dinotracker.track")
 
 FORMATS = ("npz", "csv", "pkl", "mp4")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def conf_dir() -> Path:
-    """``<package>/conf`` when shipped inside the wheel, else the source checkout's ``conf/``."""
-    here = Path(dinotracker.__file__).resolve().parent
-    return here / "conf" if (here / "conf").is_dir() else here.parent / "conf"
-
-
-def resolve_device(name: str) -> torch.device:
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(str(name))
 
 
 def read_mask(path, hw: tuple[int, int]) -> np.ndarray:
@@ -155,7 +144,7 @@ def _run_info(folder: Path) -> dict:
 def main() -> None:
     import hydra
 
-    hydra.main(config_path=str(conf_dir()), config_name="track", version_base="1.3")(run)()
+    hydra.main(config_path=str(dinotracker.config_dir()), config_name="track", version_base="1.3")(run)()
 
 
 if __name__ == "__main__":

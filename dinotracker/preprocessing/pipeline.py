@@ -19,21 +19,11 @@ from dinotracker.data.video import Video
 from dinotracker.geometry import Resize, model_size
 from dinotracker.preprocessing.cache import StageCache, array_hash, stable_hash
 from dinotracker.preprocessing.types import BestBuddies, PreprocessedVideo
+from dinotracker.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when a stage's on-disk format changes
-
-
-def resolve_device(device: str | None = "auto") -> torch.device:
-    """"auto" -> cuda, else mps, else cpu."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
 
 
 def resize_frames(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

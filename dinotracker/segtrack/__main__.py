@@ -17,43 +17,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 import dinotracker
+from dinotracker.data.video import load_video
+from dinotracker.utils.device import resolve_device
 
 log = logging.getLogger("dinotracker.segtrack")
 BACKBONE_KEYS = ("name", "weights", "source", "layer", "final_norm", "amp")
 GENERIC_NAMES = ("frames", "video", "images", "jpegimages", "rgb")
 
 
-def conf_dir() -> Path:
-    """``<package>/conf`` when shipped inside the wheel, else the source checkout's ``conf/``."""
-    here = Path(dinotracker.__file__).resolve().parent
-    return here / "conf" if (here / "conf" / "segtrack.yaml").is_file() else here.parent / "conf"
-
-
-def resolve_device(name) -> torch.device:
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(str(name))
-
-
 def _load_frames(cfg):
     """(frames [T,H,W,3] or a lazy sequence, source frame indices, fps, name)."""
     end = None if cfg.end is None else int(cfg.end)
-    try:
-        from dinotracker.data.video import load_video
-    except ImportError:
-        load_video = None
-    if load_video is not None:
-        v = load_video(cfg.video, start=int(cfg.start), end=end, stride=int(cfg.stride))
-        return v.frames, [int(i) for i in v.frame_indices], float(v.fps), v.name
-    from dinotracker.segtrack.io import FrameReader
-
-    r = FrameReader(cfg.video, start=int(cfg.start), end=end, stride=int(cfg.stride))
-    idx = list(range(int(cfg.start), int(cfg.start) + int(cfg.stride) * len(r), int(cfg.stride)))
-    return r, idx, r.fps, r.name
+    v = load_video(cfg.video, start=int(cfg.start), end=end, stride=int(cfg.stride))
+    return v.frames, [int(i) for i in v.frame_indices], float(v.fps), v.name
 
 
 def _features(cfg, device, num_frames: int):
@@ -191,9 +170,9 @@ def private_conf_dir() -> Path:
     import os
     import tempfile
 
-    src = conf_dir() / "segtrack.yaml"
+    src = dinotracker.config_dir() / "segtrack.yaml"
     if not src.is_file():
-        raise FileNotFoundError(f"segtrack.yaml not found in {conf_dir()}; reinstall the package")
+        raise FileNotFoundError(f"segtrack.yaml not found in {dinotracker.config_dir()}; reinstall the package")
     uid = os.getuid() if hasattr(os, "getuid") else 0
     folder = Path(tempfile.gettempdir()) / f"dinotracker-segtrack-conf-{uid}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,12 @@ DAVIS palette, named ``%05d.png`` like DAVIS annotations, so the official evalua
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from dinotracker.data.video import natural_key
 
 FRAME_EXTS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".gif", ".mkv", ".webm")
@@ -86,10 +87,6 @@ def write_mask(path, labels: np.ndarray) -> Path:
     im.putpalette(davis_palette().reshape(-1).tolist())
     im.save(path)
     return path
-
-
-def natural_key(name: str):
-    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
 
 
 def list_images(folder) -> list[Path]:

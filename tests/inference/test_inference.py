@@ -305,8 +305,9 @@ def test_load_run_folder_and_reference_checkpoints(tmp_path, make_model, make_vi
 def test_track_cli_writes_exports(tmp_path, make_model, make_video):
     from omegaconf import OmegaConf
 
+    from dinotracker import config_dir as conf_dir
     from dinotracker.inference.export import load_csv, load_npz
-    from dinotracker.track import conf_dir, run
+    from dinotracker.track import run
 
     model, video = make_model(), make_video()
     info = _write_cache(tmp_path / "cache", video)

@@ -77,7 +77,8 @@ def test_cli_needs_a_mask(shared_data, tmp_path):
     judo = shared_data / "tapvid_davis_mini" / "judo"
     from omegaconf import OmegaConf
 
-    from dinotracker.segtrack.__main__ import conf_dir, run
+    from dinotracker import config_dir as conf_dir
+    from dinotracker.segtrack.__main__ import run
 
     cfg = OmegaConf.load(conf_dir() / "segtrack.yaml")
     cfg.video, cfg.out = str(judo / "frames"), str(tmp_path)
@@ -95,10 +96,11 @@ def test_run_features_through_the_cli(shared_data, tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
     import dinotracker
+    from dinotracker import config_dir as conf_dir
     from dinotracker.geometry import Resize
     from dinotracker.inference.api import InferenceVideo, Tracker
     from dinotracker.models.tracker import DinoTracker
-    from dinotracker.segtrack.__main__ import conf_dir, run
+    from dinotracker.segtrack.__main__ import run
 
     judo = shared_data / "tapvid_davis_mini" / "judo"
     n = len(list_images(judo / "frames"))

@@ -258,31 +258,41 @@ class VisionTransformer(Backbone):
         """Final-normed token sequence ``[B, prefix + h*w, C]``."""
         return self.norm(self.forward_blocks(images)[-1])
 
-    def extract(self, images: torch.Tensor, layers, facet: str = "tokens") -> dict[int, torch.Tensor]:
+    def extract(self, images: torch.Tensor, layers, facet: str = "tokens",
+                no_grad_before: int = 0) -> dict[int, torch.Tensor]:
         """Block outputs (``tokens``, before the final norm as in the reference) or the ``queries``/``keys``/
         ``values`` projections (heads concatenated, C = embed_dim) of the requested blocks.
 
         Returns ``{layer: [B, C, h, w]}`` keyed by the indices as given (negative = from the end), prefix
         tokens dropped. Only blocks ``0..max(layers)`` run, and nothing else is kept.
+        ``no_grad_before=k`` runs the embedding and blocks ``0..k-1`` without autograd (frozen prefix when
+        only later blocks are trained, e.g. LoRA): no activations of the prefix are stored for backward.
         """
         if facet not in FACETS:
             raise ValueError(f"facet must be one of {FACETS}, got {facet!r}")
         want = resolve_layers(layers, self.num_blocks)
-        x, (gh, gw), ctx = self.prepare(images)
+        grad = torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad and no_grad_before <= 0):
+            x, (gh, gw), ctx = self.prepare(images)
         out = {}
         for i in range(max(want) + 1):
             blk = self.blocks[i]
-            if i in want and facet != "tokens":
-                x, qkv = blk(x, ctx, return_qkv=True)
-                feat = qkv[FACETS.index(facet) - 1]
-            else:
-                x = blk(x, ctx)
-                feat = x
+            with torch.set_grad_enabled(grad and i >= no_grad_before):
+                x, feat = self._run_block(blk, x, ctx, i in want and facet != "tokens", facet)
             if i in want:
                 f = feat[:, self.num_prefix_tokens :]
                 f = f.transpose(1, 2).reshape(f.shape[0], f.shape[2], gh, gw)
                 out.update({layer: f for layer in want[i]})
         return out
+
+    @staticmethod
+    def _run_block(blk, x, ctx, want_qkv: bool, facet: str):
+        """One block -> (tokens, the requested facet's features)."""
+        if want_qkv:
+            x, qkv = blk(x, ctx, return_qkv=True)
+            return x, qkv[FACETS.index(facet) - 1]
+        x = blk(x, ctx)
+        return x, x
 
 
 def random_init(model: nn.Module, ls_init: float, token_std: float = 0.02) -> None:

@@ -301,6 +301,7 @@ def load(
     use_ema: bool = False,
     raw_features: bool = False,
     cache_dir=None,
+    backbone=None,
     **tracker_kwargs,
 ) -> Tracker:
     """A :class:`Tracker` from a run folder (``tracker.pt`` + ``run_info.json``) or from a folder of the
@@ -309,7 +310,9 @@ def load(
 
     ``use_ema``: the teacher (EMA) weights when the run saved them. ``raw_features=True`` gives the
     raw-DINO baseline: no Delta-DINO and no refiner (H = softmax(S)).
-    ``cache_dir`` overrides the run's cache location (a moved cache). Other keyword arguments go to
+    ``cache_dir`` overrides the run's cache location (a moved cache). ``backbone``: for a LoRA-tuned run
+    (``experiment=ablation/lora_tune``), the frozen backbone it was fitted on (default: rebuilt from the
+    spec in ``tracker.pt``, e.g. when its weight file moved). Other keyword arguments go to
     :class:`Tracker` (``chunk``, ``anchor_cos``, ``visible_cos``, ``storage_dtype``).
     """
     folder = Path(run_folder)
@@ -331,12 +334,14 @@ def load(
         for key in ("input_hw", "model_hw"):
             if key in info and tuple(info[key]) != tuple(getattr(video.resize, key)):
                 raise ValueError(f"run_info {key}={info[key]} but the cache has {getattr(video.resize, key)}")
+        from dinotracker.training.module import tracker_from_export
+
         d = torch.load(folder / "tracker.pt", map_location="cpu", weights_only=True)
-        kw = dict(d["model_kwargs"])
-        kw["model_hw"] = tuple(kw["model_hw"])
-        state = d["ema_state_dict"] if use_ema and d.get("ema_state_dict") is not None else d["state_dict"]
-        model = DinoTracker(**kw)
-        model.load_state_dict(state)
+        if raw_features:  # the frozen features alone: no LoRA backbone to rebuild
+            d = {**d, "model_kwargs": {**d["model_kwargs"], "lora": None}}
+            d["state_dict"] = {k: v for k, v in d["state_dict"].items() if not k.startswith("lora.")}
+            d["ema_state_dict"] = None
+        model = tracker_from_export(d, use_ema=use_ema, backbone=backbone)
     else:
         ref = find_reference_checkpoints(folder)
         if ref is None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from dinotracker.geometry import patch_center_grid, patch_grid_size, sample_at
 from dinotracker.models.delta_dino import DeltaDINO, align_to_patch_grid
+from dinotracker.models.lora import LoRAFeatures
 from dinotracker.models.refiner import Refiner
 
 COARSE_FROM = ("raw", "refined")
@@ -121,13 +122,17 @@ class DinoTracker(nn.Module):
             (see :func:`~dinotracker.models.delta_dino.cnn_index_of_raster`).
         delta_channels: hidden widths of Delta-DINO.
         delta_zero_init: zero-initialise Delta-DINO's last layer (the paper); False for ``backbone=none``.
+        lora: the "LoRA tune" ablation (paper Tab. 2): :class:`~dinotracker.models.lora.LoRAFeatures`
+            options ``layer, facet, blocks, rank, alpha, dropout, targets``. The base features are then
+            the LoRA-adapted backbone's features of the frames instead of the frozen ``raw_features``;
+            call :meth:`attach_backbone` (before ``load_state_dict``) to build the adapters.
     """
 
     def __init__(self, feature_dim: int, patch: int, stride: int, model_hw: tuple[int, int],
                  radius: float = 35.0, coarse_from: str = "raw", normalized_refiner: bool = True,
                  use_delta: bool = True, use_refiner: bool = True, align_mode: str = "center",
                  delta_channels: tuple[int, ...] = (64, 128, 256), refiner_hidden: int = 16,
-                 delta_zero_init: bool = True):
+                 delta_zero_init: bool = True, lora: dict | None = None):
         super().__init__()
         if coarse_from not in COARSE_FROM:
             raise ValueError(f"coarse_from must be one of {COARSE_FROM}, got {coarse_from!r}")
@@ -146,6 +151,8 @@ class DinoTracker(nn.Module):
         self.delta_dino = (DeltaDINO(out_dim=feature_dim, channels=delta_channels, zero_init=delta_zero_init)
                            if use_delta else None)
         self.refiner = Refiner(hidden=refiner_hidden, normalized=normalized_refiner) if use_refiner else None
+        self.lora_options = None if not lora else {k: v for k, v in dict(lora).items() if k != "enabled"}
+        self.lora: LoRAFeatures | None = None
         centers = patch_center_grid(self.grid_hw, self.patch, self.stride).reshape(-1, 2)
         self.register_buffer("centers", centers, persistent=False)  # [h*w, 2] raster (x, y)
 
@@ -153,6 +160,23 @@ class DinoTracker(nn.Module):
     def delta_parameters(self) -> list[nn.Parameter]:
         """Delta-DINO parameters (the group the reference decays); empty when ``use_delta=False``."""
         return [] if self.delta_dino is None else list(self.delta_dino.parameters())
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        """LoRA adapter parameters (empty without LoRA)."""
+        return [] if self.lora is None else list(self.lora.parameters())
+
+    def attach_backbone(self, backbone: nn.Module) -> None:
+        """Inject the LoRA adapters into ``backbone`` (frozen, modified in place, not saved with this model)."""
+        if self.lora_options is None:
+            raise ValueError("this tracker was built without lora options")
+        if self.lora is not None:
+            raise ValueError("a backbone is already attached")
+        self.lora = LoRAFeatures(backbone, **self.lora_options)
+        if self.lora.backbone.embed_dim != self.feature_dim:
+            raise ValueError(f"backbone width {self.lora.backbone.embed_dim} != feature_dim {self.feature_dim}")
+        if (self.lora.backbone.patch_size, self.lora.backbone.stride) != (self.patch, self.stride):
+            raise ValueError(f"backbone patch/stride {self.lora.backbone.patch_size}/{self.lora.backbone.stride} "
+                             f"!= the tracker's {self.patch}/{self.stride}")
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Refiner parameters (constant LR in the reference); empty when ``use_refiner=False``."""
@@ -185,7 +209,9 @@ class DinoTracker(nn.Module):
         raw_features [B, C, h, w] (any float dtype). Returns [B, C, h, w] in the promoted
         dtype of raw and Delta (fp32 for fp16 raw); ``raw_features`` itself when
         ``use_delta=False``. ``chunk_size`` runs Delta-DINO in frame chunks (the reference
-        uses 8); BatchNorm in train mode then sees per-chunk statistics.
+        uses 8); BatchNorm in train mode then sees per-chunk statistics. With ``lora`` the base
+        features are the LoRA-adapted backbone's features of ``frames`` (``raw_features`` then only
+        fixes the expected shape).
         """
         if raw_features.dim() != 4 or raw_features.shape[1] != self.feature_dim:
             raise ValueError(f"raw_features must be [B, {self.feature_dim}, h, w], got "
@@ -193,6 +219,14 @@ class DinoTracker(nn.Module):
         if tuple(raw_features.shape[-2:]) != self.grid_hw:
             raise ValueError(f"raw_features grid {tuple(raw_features.shape[-2:])} != model grid "
                              f"{self.grid_hw}")
+        if self.lora_options is not None:
+            if self.lora is None:
+                raise RuntimeError("this tracker fine-tunes the backbone with LoRA: call attach_backbone(backbone) "
+                                   "first (dinotracker.load does it from tracker.pt)")
+            frames_f = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames
+            raw_features = self.lora(frames_f)
+            if tuple(raw_features.shape[-2:]) != self.grid_hw:
+                raise ValueError(f"LoRA features grid {tuple(raw_features.shape[-2:])} != model grid {self.grid_hw}")
         if self.delta_dino is None:
             return raw_features
         if frames.dim() != 4 or frames.shape[0] != raw_features.shape[0] or frames.shape[1] != 3:

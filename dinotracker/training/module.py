@@ -43,6 +43,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from dinotracker.models.lora import LORA_DEFAULTS
 from dinotracker.models.tracker import DinoTracker
 from dinotracker.preprocessing.types import PreprocessedVideo
 from dinotracker.training import losses as LS
@@ -52,7 +53,8 @@ log = logging.getLogger(__name__)
 
 MODEL_DEFAULTS = dict(radius=35.0, coarse_from="raw", normalized_refiner=True, use_delta=True,
                       use_refiner=True, align_mode="center", delta_channels=(64, 128, 256), refiner_hidden=16,
-                      delta_zero_init=True, compile=False, channels_last=False, refine_chunk=None)
+                      delta_zero_init=True, compile=False, channels_last=False, refine_chunk=None,
+                      lora=LORA_DEFAULTS)
 LOSS_DEFAULTS = dict(
     flow=dict(weight=1.0, start=0, huber_delta=1.0 / 32),
     dino_bb=dict(weight=2.5e-4, start=0, temperature=0.1, divisor=700.0),
@@ -61,8 +63,8 @@ LOSS_DEFAULTS = dict(
                lag_every=100, reduction="mean", huber_delta=1.0 / 32),
     prior=dict(norm_weight=1e-4, angle_weight=1e-4, start=0),
 )
-OPTIM_DEFAULTS = dict(lr_delta=0.01, lr_refiner=0.01, gamma=0.999, decay_every=40, decay_refiner=False,
-                      betas=(0.9, 0.999), eps=1e-8)
+OPTIM_DEFAULTS = dict(lr_delta=0.01, lr_refiner=0.01, lr_lora=None, gamma=0.999, decay_every=40,
+                      decay_refiner=False, betas=(0.9, 0.999), eps=1e-8)
 PSEUDO_LABELS = ("ema", "lagged", "same")
 TRACKER_KEYS = ("radius", "coarse_from", "normalized_refiner", "use_delta", "use_refiner", "align_mode",
                 "delta_channels", "refiner_hidden", "delta_zero_init")
@@ -153,10 +155,15 @@ class DinoTrackerModule(L.LightningModule):
             refine_chunk (frames per Delta-DINO call; None = all <= 8 at once).
         loss: ``loss.*`` options (:data:`LOSS_DEFAULTS`); a term with weight 0 is not computed.
         optim: ``optim.*`` options (:data:`OPTIM_DEFAULTS`).
+        backbone: the frozen backbone that made ``video.features``; needed (and only used) when
+            ``model.lora.enabled`` (the "LoRA tune" ablation: adapters replace Delta-DINO's residual).
+        backbone_spec: how to rebuild that backbone (``build_backbone`` kwargs), saved by :meth:`export`.
+        seed: keys the per-step RNG of LoRA dropout (the only randomness inside a step).
     """
 
     def __init__(self, video: PreprocessedVideo, model: dict | None = None, loss: dict | None = None,
-                 optim: dict | None = None):
+                 optim: dict | None = None, backbone: nn.Module | None = None, backbone_spec: dict | None = None,
+                 seed: int = 0):
         super().__init__()
         self.model_cfg = merge_config(MODEL_DEFAULTS, model, "model")
         self.loss_cfg = merge_config(LOSS_DEFAULTS, loss, "loss")
@@ -183,13 +190,27 @@ class DinoTrackerModule(L.LightningModule):
         self.model_kwargs = dict(feature_dim=int(feats.shape[1]), patch=self.patch, stride=self.stride,
                                  model_hw=self.model_hw, **{k: self.model_cfg[k] for k in TRACKER_KEYS})
         self.model_kwargs["delta_channels"] = tuple(int(c) for c in self.model_kwargs["delta_channels"])
+        self.backbone_spec = dict(backbone_spec or {})
+        self.seed = int(seed)
+        lora = self.model_cfg["lora"]
+        if lora["enabled"]:
+            if backbone is None:
+                raise ValueError("model.lora.enabled needs the backbone (DinoTrackerModule(..., backbone=...))")
+            if lora["layer"] is None:
+                raise ValueError("model.lora.layer (the cached features' backbone block) is not set")
+            self.model_kwargs["lora"] = {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                                         for k, v in lora.items() if k != "enabled"}
         self.tracker = DinoTracker(**self.model_kwargs)
+        if lora["enabled"]:
+            self.tracker.attach_backbone(backbone)
+            log.info("LoRA tuning: %s", self.tracker.lora.extra_repr())
         if self.model_cfg["channels_last"] and self.tracker.delta_dino is not None:
             self.tracker.delta_dino.to(memory_format=torch.channels_last)
         self.register_buffer("frames", video.frames, persistent=False)  # uint8 [T, 3, H, W]
         self.register_buffer("features", feats, persistent=False)  # [T, C, h, w], frozen
         self.teacher: DinoTracker | None = None
-        if mode != "same" and (self.tracker.delta_dino is not None or self.tracker.refiner is not None):
+        trainable = self.tracker.delta_dino is not None or self.tracker.refiner is not None or lora["enabled"]
+        if mode != "same" and trainable:
             self.teacher = copy.deepcopy(self.tracker).requires_grad_(False)
             for m in self.teacher.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -207,6 +228,11 @@ class DinoTrackerModule(L.LightningModule):
         o = self.optim_cfg
         groups, lambdas = [], []
         delta, head = self.tracker.delta_parameters(), self.tracker.head_parameters()
+        lora = self.tracker.lora_parameters()
+        if lora:  # replaces Delta-DINO: the same schedule, lr_lora (default lr_delta)
+            lr = o["lr_delta"] if o["lr_lora"] is None else o["lr_lora"]
+            groups.append({"params": lora, "lr": float(lr), "name": "lora"})
+            lambdas.append(StepDecay(o["gamma"], o["decay_every"]))
         if delta:
             groups.append({"params": delta, "lr": float(o["lr_delta"]), "name": "delta_dino"})
             lambdas.append(StepDecay(o["gamma"], o["decay_every"]))
@@ -214,7 +240,8 @@ class DinoTrackerModule(L.LightningModule):
             groups.append({"params": head, "lr": float(o["lr_refiner"]), "name": "refiner"})
             lambdas.append(StepDecay(o["gamma"], o["decay_every"]) if o["decay_refiner"] else Constant())
         if not groups:
-            raise ValueError("nothing to train: model.use_delta and model.use_refiner are both false")
+            raise ValueError("nothing to train: model.use_delta, model.use_refiner and model.lora.enabled are "
+                             "all false")
         opt = torch.optim.Adam(groups, betas=tuple(o["betas"]), eps=float(o["eps"]))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
@@ -388,12 +415,45 @@ class DinoTrackerModule(L.LightningModule):
         return v, extra
 
     # ------------------------------------------------------------------ lightning hooks
+    def on_fit_start(self) -> None:
+        if self.tracker.lora is not None and self.global_step == 0:
+            self.check_lora_features()
+
+    @torch.no_grad()
+    def check_lora_features(self, frame: int = 0, tol: float = 2e-2) -> float:
+        """With B = 0 the LoRA features must equal the cached features: a different backbone (weights,
+        stride, layer, facet) than the one that filled the cache is an error, not a silent mismatch.
+        Returns the relative L2 difference on ``frame`` (fp16 cache rounding is ~1e-3)."""
+        was = self.tracker.training
+        self.tracker.eval()
+        try:
+            f = self.frames[frame:frame + 1].float() / 255.0
+            with torch.autocast(device_type=f.device.type, enabled=False):
+                ours = self.tracker.lora(f).float()
+        finally:
+            self.tracker.train(was)
+        cached = self.features[frame:frame + 1].float()
+        rel = float((ours - cached).norm() / cached.norm().clamp_min(1e-12))
+        if rel > tol:
+            raise ValueError(f"the LoRA backbone's features differ from the cached features by {rel:.3g} (relative) "
+                             "before any training: the backbone is not the one that made the preprocessing cache")
+        log.info("LoRA backbone reproduces the cached features (relative difference %.2g)", rel)
+        return rel
+
     def training_step(self, batch: Batch, batch_idx: int):
         step = int(self.global_step)
         # before this step's labels, from the current weights: independent of Lightning's hook
         # order (ModelCheckpoint saves before LightningModule.on_train_batch_end), so resume-exact
         self.update_teacher(step)
-        total, terms = self.compute_losses(batch, step)
+        if self.tracker.lora is not None and self.tracker.lora.dropout > 0:
+            # LoRA dropout draws from the global RNG: key it by (seed, step) so a resumed run draws the
+            # same masks as an uninterrupted one; the caller's RNG stream is restored afterwards
+            dev = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=dev):
+                torch.manual_seed(self.seed * 1_000_003 + step)
+                total, terms = self.compute_losses(batch, step)
+        else:
+            total, terms = self.compute_losses(batch, step)
         if not torch.isfinite(total):
             raise FloatingPointError(f"non-finite training loss at step {step}: "
                                      f"{ {k: float(v) for k, v in terms.items()} }")
@@ -404,28 +464,52 @@ class DinoTrackerModule(L.LightningModule):
 
     # ------------------------------------------------------------------ export
     def export(self, path) -> Path:
-        """Write ``{"model_kwargs", "state_dict", "ema_state_dict"}`` (weights only, CPU tensors)
-        atomically (tmp file + ``os.replace``). ``ema_state_dict`` is the teacher's (EMA or lagged
-        weights) or None. Rebuild with ``DinoTracker(**d["model_kwargs"]).load_state_dict(...)``."""
+        """Write ``{"model_kwargs", "state_dict", "ema_state_dict", "backbone"}`` (weights only, CPU
+        tensors) atomically (tmp file + ``os.replace``). ``ema_state_dict`` is the teacher's (EMA or
+        lagged weights) or None; ``backbone`` the ``build_backbone`` kwargs of the frozen backbone (a
+        LoRA tracker needs it at inference; its weights are not copied). Rebuild with
+        :func:`load_exported`."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
         obj = {"model_kwargs": dict(self.model_kwargs), "state_dict": cpu(self.tracker.state_dict()),
-               "ema_state_dict": cpu(self.teacher.state_dict()) if self.teacher is not None else None}
+               "ema_state_dict": cpu(self.teacher.state_dict()) if self.teacher is not None else None,
+               "backbone": dict(self.backbone_spec)}
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         torch.save(obj, tmp)
         os.replace(tmp, path)
         return path
 
 
-def load_exported(path, map_location="cpu", use_ema: bool = False) -> DinoTracker:
-    """Rebuild the :class:`DinoTracker` written by :meth:`DinoTrackerModule.export` (eval mode)."""
+def load_exported(path, map_location="cpu", use_ema: bool = False, backbone: nn.Module | None = None) -> DinoTracker:
+    """Rebuild the :class:`DinoTracker` written by :meth:`DinoTrackerModule.export` (eval mode).
+
+    A LoRA tracker needs its backbone: ``backbone`` or, when None, one rebuilt from the file's
+    ``backbone`` spec (:func:`build_backbone_from_spec`)."""
     d = torch.load(path, map_location=map_location, weights_only=True)
+    m = tracker_from_export(d, use_ema=use_ema, backbone=backbone)
+    return m.eval()
+
+
+def tracker_from_export(d: dict, use_ema: bool = False, backbone: nn.Module | None = None) -> DinoTracker:
+    """:class:`DinoTracker` from a loaded ``tracker.pt`` dict (attaching the LoRA backbone when it has one)."""
     kw = dict(d["model_kwargs"])
     kw["model_hw"] = tuple(kw["model_hw"])
     if "delta_channels" in kw:
         kw["delta_channels"] = tuple(kw["delta_channels"])
     m = DinoTracker(**kw)
+    if m.lora_options is not None:
+        m.attach_backbone(backbone if backbone is not None else build_backbone_from_spec(d.get("backbone")))
     sd = d["ema_state_dict"] if use_ema and d.get("ema_state_dict") is not None else d["state_dict"]
     m.load_state_dict(sd)
-    return m.eval()
+    return m
+
+
+def build_backbone_from_spec(spec: dict | None) -> nn.Module:
+    """The frozen backbone of an export's ``backbone`` spec (``build_backbone`` kwargs), on CPU."""
+    from dinotracker.backbones import build_backbone
+
+    if not spec or not spec.get("name"):
+        raise ValueError("this LoRA tracker's file names no backbone: pass backbone=<the backbone it was fitted on>")
+    spec = dict(spec)
+    return build_backbone(spec.pop("name"), **spec)

@@ -188,9 +188,29 @@ def build_training(pre, cfg):
         loss["dino_bb"]["weight"] = 0.0
         model["delta_zero_init"] = False  # a zero residual on zero features would get no gradient
         log.info("backbone=none: L_prior and L_dino-bb off, Delta-DINO's last layer randomly initialised")
-    module = DinoTrackerModule(pre, model=model, loss=loss, optim=optim)
+    backbone, spec = None, backbone_spec(cfg.backbone)
+    if model.get("lora", {}).get("enabled"):
+        # paper Tab. 2 "LoRA tune": the backbone runs in the training loop with adapters instead of Delta-DINO
+        if str(cfg.backbone.name) == "none":
+            raise ValueError("model.lora needs a DINO backbone (backbone=none has no weights to tune)")
+        from dinotracker.training.module import build_backbone_from_spec
+
+        backbone = build_backbone_from_spec(spec)
+        model["lora"]["layer"] = int(cfg.backbone.layer) if model["lora"]["layer"] is None else model["lora"]["layer"]
+        model["lora"]["facet"] = str(cfg.backbone.facet) if model["lora"]["facet"] is None else model["lora"]["facet"]
+    module = DinoTrackerModule(pre, model=model, loss=loss, optim=optim, backbone=backbone, backbone_spec=spec,
+                               seed=int(cfg.seed))
     datamodule = CorrespondenceDataModule(pre, seed=int(cfg.seed), **OmegaConf.to_container(cfg.data, resolve=True))
     return module, datamodule
+
+
+def backbone_spec(bcfg) -> dict:
+    """``build_backbone`` kwargs of the ``backbone`` config (saved in tracker.pt to rebuild a LoRA tracker)."""
+    spec = dict(name=str(bcfg.name), stride=int(bcfg.stride))
+    if spec["name"] != "none":
+        spec.update(weights=None if bcfg.get("weights") is None else str(bcfg.weights),
+                    source=str(bcfg.get("source") or "auto"))
+    return spec
 
 
 def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:

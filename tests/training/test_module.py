@@ -128,7 +128,7 @@ def test_export_roundtrip(video, tmp_path):
     m = _module(video)
     path = m.export(tmp_path / "sub" / "tracker.pt")
     d = torch.load(path, weights_only=True)
-    assert set(d) == {"model_kwargs", "state_dict", "ema_state_dict"} and d["ema_state_dict"] is not None
+    assert set(d) == {"model_kwargs", "state_dict", "ema_state_dict", "backbone"} and d["ema_state_dict"] is not None
     assert d["model_kwargs"]["feature_dim"] == 16 and tuple(d["model_kwargs"]["model_hw"]) == (64, 96)
     t = load_exported(path)
     assert all(torch.equal(a, b) for a, b in zip(t.state_dict().values(), m.tracker.state_dict().values()))

@@ -149,7 +149,8 @@ class DinoV3(VisionTransformer):
         if self.n_storage_tokens:
             prefix.append(self.storage_tokens.expand(b, -1, -1))
         x = torch.cat([p.to(x.dtype) for p in prefix] + [x], 1)
-        rope = self.rope_embed(
-            gh, gw, self.patch_size, self.stride
-        )  # the same for every block: computed once
-        return x, (gh, gw), rope
+        return x, (gh, gw), self.block_context(gh, gw)  # the same for every block: computed once
+
+    def block_context(self, gh: int, gw: int):
+        """RoPE (sin, cos) of the patch grid, shared by every block."""
+        return self.rope_embed(gh, gw, self.patch_size, self.stride)

@@ -258,41 +258,53 @@ class VisionTransformer(Backbone):
         """Final-normed token sequence ``[B, prefix + h*w, C]``."""
         return self.norm(self.forward_blocks(images)[-1])
 
-    def extract(self, images: torch.Tensor, layers, facet: str = "tokens",
-                no_grad_before: int = 0) -> dict[int, torch.Tensor]:
+    def extract(self, images: torch.Tensor, layers, facet: str = "tokens") -> dict[int, torch.Tensor]:
         """Block outputs (``tokens``, before the final norm as in the reference) or the ``queries``/``keys``/
         ``values`` projections (heads concatenated, C = embed_dim) of the requested blocks.
 
         Returns ``{layer: [B, C, h, w]}`` keyed by the indices as given (negative = from the end), prefix
         tokens dropped. Only blocks ``0..max(layers)`` run, and nothing else is kept.
-        ``no_grad_before=k`` runs the embedding and blocks ``0..k-1`` without autograd (frozen prefix when
-        only later blocks are trained, e.g. LoRA): no activations of the prefix are stored for backward.
         """
+        x, grid, _ = self.prepare(images)
+        return self.extract_from(x, grid, 0, layers, facet)
+
+    def block_context(self, gh: int, gw: int):
+        """Per-block context of a (gh, gw) patch grid (DINOv3: RoPE sin/cos; DINOv2: None)."""
+        return None
+
+    def tokens_before(self, images: torch.Tensor, block: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The token sequence ``[B, prefix + h*w, C]`` entering block ``block`` (blocks ``0..block-1`` run),
+        and the grid (h, w). With :meth:`extract_from` this splits :meth:`extract` at ``block``."""
+        x, grid, ctx = self.prepare(images)
+        for blk in self.blocks[:block]:
+            x = blk(x, ctx)
+        return x, grid
+
+    def extract_from(self, x: torch.Tensor, grid: tuple[int, int], start: int, layers,
+                     facet: str = "tokens") -> dict[int, torch.Tensor]:
+        """:meth:`extract` continued from the tokens ``x`` entering block ``start`` (:meth:`tokens_before`);
+        every requested layer must be >= ``start``."""
         if facet not in FACETS:
             raise ValueError(f"facet must be one of {FACETS}, got {facet!r}")
         want = resolve_layers(layers, self.num_blocks)
-        grad = torch.is_grad_enabled()
-        with torch.set_grad_enabled(grad and no_grad_before <= 0):
-            x, (gh, gw), ctx = self.prepare(images)
+        if min(want) < start:
+            raise ValueError(f"layers {sorted(want)} start before block {start}")
+        gh, gw = grid
+        ctx = self.block_context(gh, gw)
         out = {}
-        for i in range(max(want) + 1):
+        for i in range(start, max(want) + 1):
             blk = self.blocks[i]
-            with torch.set_grad_enabled(grad and i >= no_grad_before):
-                x, feat = self._run_block(blk, x, ctx, i in want and facet != "tokens", facet)
+            if i in want and facet != "tokens":
+                x, qkv = blk(x, ctx, return_qkv=True)
+                feat = qkv[FACETS.index(facet) - 1]
+            else:
+                x = blk(x, ctx)
+                feat = x
             if i in want:
                 f = feat[:, self.num_prefix_tokens :]
                 f = f.transpose(1, 2).reshape(f.shape[0], f.shape[2], gh, gw)
                 out.update({layer: f for layer in want[i]})
         return out
-
-    @staticmethod
-    def _run_block(blk, x, ctx, want_qkv: bool, facet: str):
-        """One block -> (tokens, the requested facet's features)."""
-        if want_qkv:
-            x, qkv = blk(x, ctx, return_qkv=True)
-            return x, qkv[FACETS.index(facet) - 1]
-        x = blk(x, ctx)
-        return x, x
 
 
 def random_init(model: nn.Module, ls_init: float, token_std: float = 0.02) -> None:

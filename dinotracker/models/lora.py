@@ -11,7 +11,10 @@ The backbone is frozen and not a registered submodule: its weights stay out of s
 checkpoints and ``tracker.pt`` (only the adapters, ~50k parameters for ViT-L, are saved) and a
 ``copy.deepcopy`` (the EMA teacher) shares its frozen tensors instead of copying 300M parameters.
 The adapter modules are registered here, so ``.to()``, ``.train()``/``.eval()``, optimizers and
-state dicts see them. The frozen blocks before the first adapted block run without autograd.
+state dicts see them. The frozen blocks before the first adapted block (embedding + blocks 0..13 for
+ViT-L) do not change during training: :meth:`LoRAFeatures.prefix` computes the tokens entering the
+first adapted block once per frame and :meth:`LoRAFeatures.from_prefix` runs only the adapted blocks
+(2 of the 16 for the paper's setting); the training module caches them (``model.lora.cache_prefix``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import torch
 from torch import nn
 
 LORA_DEFAULTS = dict(enabled=False, blocks=None, rank=8, alpha=0.5, dropout=0.1, targets=["qkv"], layer=None,
-                     facet=None)
+                     facet=None, cache_prefix=True, prefix_dtype="float32")
+LORA_FEATURE_KEYS = ("layer", "facet", "blocks", "rank", "alpha", "dropout", "targets")
 ADAPTER = "default"
 
 
@@ -103,11 +107,24 @@ class LoRAFeatures(nn.Module):
         return (f"{type(self.backbone).__name__} blocks={self.blocks} targets={self.targets} rank={self.rank} "
                 f"alpha={self.alpha} dropout={self.dropout} -> layer {self.layer} {self.facet}")
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames float [B, 3, H, W] in [0, 1] -> features [B, C, h, w] (differentiable w.r.t. the adapters)."""
+    @torch.no_grad()
+    def prefix(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """frames float [B, 3, H, W] in [0, 1] -> (tokens [B, prefix + h*w, C] entering the first adapted
+        block, grid (h, w)). Frozen: independent of the adapters, computed without autograd."""
         # the frozen backbone follows the input (it is not moved with this module); a no-op when in place
         self.backbone.to(frames.device)
-        return self.backbone.extract(frames, [self.layer], self.facet, no_grad_before=self.blocks[0])[self.layer]
+        return self.backbone.tokens_before(frames, self.blocks[0])
+
+    def from_prefix(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Features [B, C, h, w] from :meth:`prefix` tokens: runs only the adapted blocks (with autograd)."""
+        self.backbone.to(tokens.device)
+        w = self.backbone.patch_embed.proj.weight
+        out = self.backbone.extract_from(tokens.to(w.dtype), grid, self.blocks[0], [self.layer], self.facet)
+        return out[self.layer]
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames float [B, 3, H, W] in [0, 1] -> features [B, C, h, w] (differentiable w.r.t. the adapters)."""
+        return self.from_prefix(*self.prefix(frames))
 
     def __deepcopy__(self, memo):
         # share the frozen backbone tensors (the teacher of the EMA cycle labels gets its own adapters only)

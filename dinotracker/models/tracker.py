@@ -202,7 +202,7 @@ class DinoTracker(nn.Module):
 
     # ----------------------------------------------------------------- features
     def refine(self, frames: torch.Tensor, raw_features: torch.Tensor,
-               chunk_size: int | None = None) -> torch.Tensor:
+               chunk_size: int | None = None, lora_prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Refined features F = raw + Delta(frames) aligned to the patch grid (paper Eq. 1).
 
         frames [B, 3, H, W] float in [0, 1] (uint8 is divided by 255), at ``model_hw``;
@@ -211,7 +211,8 @@ class DinoTracker(nn.Module):
         ``use_delta=False``. ``chunk_size`` runs Delta-DINO in frame chunks (the reference
         uses 8); BatchNorm in train mode then sees per-chunk statistics. With ``lora`` the base
         features are the LoRA-adapted backbone's features of ``frames`` (``raw_features`` then only
-        fixes the expected shape).
+        fixes the expected shape); ``lora_prefix`` (the frames' cached
+        :meth:`~dinotracker.models.lora.LoRAFeatures.prefix` tokens) skips the frozen blocks.
         """
         if raw_features.dim() != 4 or raw_features.shape[1] != self.feature_dim:
             raise ValueError(f"raw_features must be [B, {self.feature_dim}, h, w], got "
@@ -223,8 +224,10 @@ class DinoTracker(nn.Module):
             if self.lora is None:
                 raise RuntimeError("this tracker fine-tunes the backbone with LoRA: call attach_backbone(backbone) "
                                    "first (dinotracker.load does it from tracker.pt)")
-            frames_f = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames
-            raw_features = self.lora(frames_f)
+            if lora_prefix is not None:
+                raw_features = self.lora.from_prefix(lora_prefix, self.grid_hw)
+            else:
+                raw_features = self.lora(frames.float() / 255.0 if frames.dtype == torch.uint8 else frames)
             if tuple(raw_features.shape[-2:]) != self.grid_hw:
                 raise ValueError(f"LoRA features grid {tuple(raw_features.shape[-2:])} != model grid {self.grid_hw}")
         if self.delta_dino is None:

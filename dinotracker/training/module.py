@@ -43,7 +43,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from dinotracker.models.lora import LORA_DEFAULTS
+from dinotracker.models.lora import LORA_DEFAULTS, LORA_FEATURE_KEYS
 from dinotracker.models.tracker import DinoTracker
 from dinotracker.preprocessing.types import PreprocessedVideo
 from dinotracker.training import losses as LS
@@ -198,8 +198,11 @@ class DinoTrackerModule(L.LightningModule):
                 raise ValueError("model.lora.enabled needs the backbone (DinoTrackerModule(..., backbone=...))")
             if lora["layer"] is None:
                 raise ValueError("model.lora.layer (the cached features' backbone block) is not set")
-            self.model_kwargs["lora"] = {k: (list(v) if isinstance(v, (list, tuple)) else v)
-                                         for k, v in lora.items() if k != "enabled"}
+            self.model_kwargs["lora"] = {k: (list(lora[k]) if isinstance(lora[k], (list, tuple)) else lora[k])
+                                         for k in LORA_FEATURE_KEYS}
+            if str(lora["prefix_dtype"]) not in ("float32", "float16", "bfloat16"):
+                raise ValueError(f"model.lora.prefix_dtype must be float32/float16/bfloat16, got "
+                                 f"{lora['prefix_dtype']!r}")
         self.tracker = DinoTracker(**self.model_kwargs)
         if lora["enabled"]:
             self.tracker.attach_backbone(backbone)
@@ -208,6 +211,8 @@ class DinoTrackerModule(L.LightningModule):
             self.tracker.delta_dino.to(memory_format=torch.channels_last)
         self.register_buffer("frames", video.frames, persistent=False)  # uint8 [T, 3, H, W]
         self.register_buffer("features", feats, persistent=False)  # [T, C, h, w], frozen
+        # LoRA: tokens entering the first adapted block, [T, N, C], filled on the training device at fit start
+        self.register_buffer("lora_prefix", None, persistent=False)
         self.teacher: DinoTracker | None = None
         trainable = self.tracker.delta_dino is not None or self.tracker.refiner is not None or lora["enabled"]
         if mode != "same" and trainable:
@@ -253,7 +258,9 @@ class DinoTrackerModule(L.LightningModule):
         frames = self.frames[slots].float() / 255.0
         if self.model_cfg["channels_last"]:
             frames = frames.contiguous(memory_format=torch.channels_last)
-        return tracker.refine(frames, self.features[slots], chunk_size=self.model_cfg["refine_chunk"])
+        prefix = None if self.lora_prefix is None else self.lora_prefix[slots]
+        return tracker.refine(frames, self.features[slots], chunk_size=self.model_cfg["refine_chunk"],
+                              lora_prefix=prefix)
 
     def track(self, tracker: DinoTracker, maps: torch.Tensor, src: torch.Tensor, xy: torch.Tensor,
               dst: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -416,8 +423,29 @@ class DinoTrackerModule(L.LightningModule):
 
     # ------------------------------------------------------------------ lightning hooks
     def on_fit_start(self) -> None:
-        if self.tracker.lora is not None and self.global_step == 0:
+        if self.tracker.lora is None:
+            return
+        if self.global_step == 0:
             self.check_lora_features()
+        if self.model_cfg["lora"]["cache_prefix"] and self.lora_prefix is None:
+            self.cache_lora_prefix()
+
+    @torch.no_grad()
+    def cache_lora_prefix(self, chunk: int = 4) -> None:
+        """Run the frozen blocks before the first adapted one once per frame and keep their output tokens
+        (``model.lora.prefix_dtype``; fp32 = exactly what a recompute gives): each step then runs only the
+        adapted blocks. Memory T x (1 + h*w) x C values (ViT-L at 476x854: 33 MB per frame in fp32)."""
+        dtype = getattr(torch, str(self.model_cfg["lora"]["prefix_dtype"]))
+        out = None
+        with torch.autocast(device_type=self.frames.device.type, enabled=False):
+            for a in range(0, self.frames.shape[0], chunk):
+                tokens, _ = self.tracker.lora.prefix(self.frames[a:a + chunk].float() / 255.0)
+                if out is None:
+                    out = torch.empty((self.frames.shape[0], *tokens.shape[1:]), dtype=dtype, device=tokens.device)
+                out[a:a + tokens.shape[0]] = tokens.to(dtype)
+        self.lora_prefix = out
+        log.info("LoRA: cached the frozen prefix (blocks 0..%d) of %d frames, %.0f MB", self.tracker.lora.blocks[0] - 1,
+                 out.shape[0], out.numel() * out.element_size() / 2**20)
 
     @torch.no_grad()
     def check_lora_features(self, frame: int = 0, tol: float = 2e-2) -> float:

@@ -258,3 +258,19 @@ def test_dinov3_rope_native_coordinates_match_official_formula():
     torch.testing.assert_close(sin, torch.sin(ang).repeat(1, 2))
     torch.testing.assert_close(cos, torch.cos(ang).repeat(1, 2))
     torch.testing.assert_close(rope.periods, periods)
+
+
+@pytest.mark.parametrize("name", ["dinov2_vits14_reg", "dinov3_vits16"])
+@pytest.mark.parametrize("facet", ["tokens", "keys"])
+def test_split_forward_equals_extract(name, facet):
+    """tokens_before(k) + extract_from(k) is extract split at block k (LoRA's cached frozen prefix)."""
+    model = _tiny(name, stride=7 if name.startswith("dinov2") else 8)
+    p = model.patch_size
+    x = torch.rand(2, 3, 4 * p, 5 * p, generator=torch.Generator().manual_seed(0))
+    ref = model.extract(x, [1, 2], facet)
+    for k in (0, 1):
+        tokens, grid = model.tokens_before(x, k)
+        out = model.extract_from(tokens, grid, k, [1, 2], facet)
+        assert all(torch.equal(out[i], ref[i]) for i in (1, 2))
+    with pytest.raises(ValueError, match="before block 2"):
+        model.extract_from(*model.tokens_before(x, 2), 2, [1], facet)

@@ -166,6 +166,7 @@ def test_module_trains_adapters_and_exports_them(video, tmp_path):
     assert [g["name"] for g in groups] == ["lora", "refiner"] and groups[0]["lr"] == 0.05
     before = {k: v.clone() for k, v in m.tracker.state_dict().items()}
     _trainer(tmp_path, 3).fit(m, CorrespondenceDataModule(video, seed=0, **SMALL))
+    assert m.lora_prefix is not None and m.lora_prefix.shape[0] == 4  # filled at fit start
     after = m.tracker.state_dict()
     assert any(k.startswith("lora.lora_B.") and not torch.equal(before[k], after[k]) for k in after)
     path = m.export(tmp_path / "tracker.pt")
@@ -175,6 +176,22 @@ def test_module_trains_adapters_and_exports_them(video, tmp_path):
     m.tracker.eval()
     x = video.frames[:2]
     torch.testing.assert_close(t.refine(x, video.features[:2]), m.tracker.refine(x, video.features[:2]))
+
+
+def test_cached_prefix_gives_the_same_features_and_losses(video):
+    m = _module(video)
+    for p in m.tracker.lora.lora_B.parameters():
+        p.data.normal_(0, 3.0)
+    m.tracker.eval()  # no dropout: the two paths must agree exactly up to float rounding
+    slots = torch.tensor([3, 0, 2])
+    plain = m.refine(slots)
+    m.cache_lora_prefix(chunk=3)
+    assert m.lora_prefix.shape == (4, 1 + 7 * 11, 32) and "lora_prefix" not in m.state_dict()
+    cached = m.refine(slots)
+    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
+    assert (plain - video.features[slots].float()).abs().max() > 1e-2  # the adapters do act (fp16 rounding ~5e-4)
+    cached.sum().backward()  # gradients reach the adapters through the cached path
+    assert all(p.grad is not None for p in m.tracker.lora.lora_B.parameters())
 
 
 def test_a_different_backbone_than_the_cache_is_refused(video):

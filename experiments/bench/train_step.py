@@ -189,6 +189,12 @@ def time_steps(video, sampler, dev, steps: int, warmup: int, mixed: bool, channe
                           loss={"refined_bb": {"start": 0}, "cycle": {"start": 0, "threshold": 1e6}}).to(dev)
     m.setup("fit")
     m.train()
+    return time_module_steps(m, sampler, dev, steps, warmup, mixed)
+
+
+def time_module_steps(m, sampler, dev, steps: int, warmup: int, mixed: bool) -> tuple[float, float]:
+    """ms per full training step (sample, teacher update, losses, backward, Adam) and peak memory MB of
+    the module ``m`` (already on ``dev``, train mode); ``mixed``: bf16 autocast."""
     cfg = m.configure_optimizers()
     opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
     ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if mixed else contextlib.nullcontext

@@ -24,6 +24,10 @@ TINY = ["video.num_frames=6", "video.height=64", "video.width=96", "video.num_po
 def _run(experiment, tmp_path, extra=()):
     from dinotracker.training.run import fit_video
 
+    return fit_video(_compose(experiment, tmp_path, extra))
+
+
+def _compose(experiment, tmp_path, extra=()):
     _register_resolvers()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("fit", overrides=["+video=synthetic", f"experiment={experiment}", *TINY, *extra,
@@ -39,7 +43,7 @@ def _run(experiment, tmp_path, extra=()):
         cfg.backbone.name = "dinov2_vits14"
         cfg.backbone.dim = 384
         cfg.backbone.layer = min(int(cfg.backbone.layer), 11)
-    return fit_video(cfg)
+    return cfg
 
 
 @pytest.mark.parametrize("experiment", ALL)
@@ -51,3 +55,27 @@ def test_experiment_runs_two_steps(experiment, tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert {"dinotracker", "still"} <= set(m["methods"])
     assert metric is not None and 0.0 <= metric <= 1.0
+
+
+def test_subsampled_fit_tracks_every_frame(tmp_path):
+    """Paper Tab. 4: fitted on every 2nd frame, the tracker runs on all frames with their own features; on
+    the fitted frames it gives what the fitted-frames tracker gives."""
+    import torch
+
+    from dinotracker.data.sources import video_from_config
+    from dinotracker.inference.api import load
+    from dinotracker.preprocessing.pipeline import preprocess_inference_inputs
+    from dinotracker.training.run import _full_video, fit_video, fitted_video_config
+
+    cfg = _compose("subsample/every_2", tmp_path, ["backbone=random_vits14"])
+    fit_video(cfg)
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    full, gt = _full_video(cfg)
+    assert (m["num_frames"], m["fitted_frames"], full.num_frames) == (6, 3, 6)
+    assert m["num_queries"] == len(gt.queries)  # every ground-truth track, whatever its query frame
+    assert video_from_config(fitted_video_config(cfg))[0].num_frames == 3
+    index = preprocess_inference_inputs(full, cfg.backbone, cfg.flow, cfg.preprocess, cfg.paths.cache_dir)
+    every = load(tmp_path / "run", video=index).track(torch.tensor([[0, 20.0, 30.0], [4, 50.0, 40.0]]))
+    fitted = load(tmp_path / "run").track(torch.tensor([[0, 20.0, 30.0], [2, 50.0, 40.0]]))
+    assert every["tracks"].shape == (2, 6, 2) and fitted["tracks"].shape == (2, 3, 2)
+    torch.testing.assert_close(every["tracks"][:, ::2], fitted["tracks"], atol=1e-3, rtol=0)

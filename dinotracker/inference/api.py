@@ -302,6 +302,7 @@ def load(
     raw_features: bool = False,
     cache_dir=None,
     backbone=None,
+    video=None,
     **tracker_kwargs,
 ) -> Tracker:
     """A :class:`Tracker` from a run folder (``tracker.pt`` + ``run_info.json``) or from a folder of the
@@ -310,7 +311,10 @@ def load(
 
     ``use_ema``: the teacher (EMA) weights when the run saved them. ``raw_features=True`` gives the
     raw-DINO baseline: no Delta-DINO and no refiner (H = softmax(S)).
-    ``cache_dir`` overrides the run's cache location (a moved cache). ``backbone``: for a LoRA-tuned run
+    ``cache_dir`` overrides the run's cache location (a moved cache). ``video``: track other frames than the
+    fitted ones, an :class:`InferenceVideo` or a cache index dict (e.g. every frame of a video fitted on
+    every k-th frame, from :func:`~dinotracker.preprocessing.pipeline.preprocess_inference_inputs`); it must
+    have the run's input and model resolution. ``backbone``: for a LoRA-tuned run
     (``experiment=ablation/lora_tune``), the frozen backbone it was fitted on (default: rebuilt from the
     spec in ``tracker.pt``, e.g. when its weight file moved). Other keyword arguments go to
     :class:`Tracker` (``chunk``, ``anchor_cos``, ``visible_cos``, ``storage_dtype``).
@@ -323,7 +327,11 @@ def load(
         if not info_path.is_file():
             raise FileNotFoundError(f"{folder} has tracker.pt but no run_info.json")
         info = json.loads(info_path.read_text())
-        if cache_dir is not None:
+        if isinstance(video, InferenceVideo):
+            pass
+        elif isinstance(video, dict):
+            video = load_inference_video(video)
+        elif cache_dir is not None:
             video = load_inference_video(Path(cache_dir))
         elif isinstance(info.get("preprocessed"), dict):
             video = load_inference_video(info["preprocessed"])

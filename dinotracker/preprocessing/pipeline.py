@@ -48,47 +48,94 @@ def _container(cfg, key: str, default=None):
     return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
+class _Stages:
+    """The stages every use of a video shares (frames at model resolution, flow, features), in one cache."""
+
+    def __init__(self, video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, progress: bool, stats: dict):
+        self.video, self.backbone_cfg, self.flow_cfg, self.progress, self.stats = (video, backbone_cfg, flow_cfg,
+                                                                                   progress, stats)
+        self.device = resolve_device(_container(pre_cfg, "device", "auto"))
+        self.patch, self.stride = int(backbone_cfg.patch), int(backbone_cfg.stride)
+        size = _container(pre_cfg, "size")
+        self.model_hw = model_size(video.hw, short_side=_container(pre_cfg, "short_side"),
+                                   size_hw=tuple(size) if size else None, multiple=self.patch)
+        self.resize = Resize(video.hw, self.model_hw)
+        video_key = stable_hash([array_hash(video.frames), video.frame_indices.tolist(), CACHE_VERSION])
+        self.cache = StageCache(Path(cache_root) / f"{video.name}-{video_key[:10]}")
+        log.info("preprocessing %s: %d frames %s -> model %s, cache %s", video.name, video.num_frames,
+                 video.hw, self.model_hw, self.cache.root)
+        # frames at model resolution
+        self.k_frames = stable_hash(["frames", video_key, self.model_hw])
+        arr, _ = self.cache.get_or_compute("frames", self.k_frames, lambda: (
+            {"frames": resize_frames(video.frames, self.model_hw)}, {"model_hw": self.model_hw}), stats)
+        self.frames = torch.from_numpy(np.array(arr["frames"]))
+        self.flow_keys = {k: _container(flow_cfg, k) for k in ("method", "weights", "num_updates", "dis_preset")}
+
+    def estimator(self):
+        from dinotracker.preprocessing.flow import build_flow
+
+        fk = self.flow_keys
+        return build_flow(fk["method"], device=self.device, weights=fk["weights"],
+                          num_updates=int(fk["num_updates"] or 24), dis_preset=fk["dis_preset"] or "medium")
+
+    def flow(self) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """Optical flow between consecutive frames (forward and backward, fp16): (key, forward, backward)."""
+        k_flow = stable_hash(["flow", self.k_frames, self.flow_keys])
+
+        def _flow():
+            from dinotracker.preprocessing.flow import compute_consecutive_flows
+
+            fwd, bwd = compute_consecutive_flows(self.estimator(), self.frames,
+                                                 batch_size=int(self.flow_cfg.batch_size), progress=self.progress)
+            return {"forward": fwd.numpy(), "backward": bwd.numpy()}, {"method": self.flow_keys["method"]}
+
+        arr, _ = self.cache.get_or_compute("flow", k_flow, _flow, self.stats)
+        return k_flow, torch.from_numpy(np.array(arr["forward"])), torch.from_numpy(np.array(arr["backward"]))
+
+    def features(self, need_saliency: bool):
+        """Frozen backbone features (+ the saliency block's when ``need_saliency``): (key, cached arrays, keys)."""
+        bb_keys = {k: _container(self.backbone_cfg, k) for k in ("name", "weights", "source", "stride", "layer",
+                                                                  "facet", "dim", "patch")}
+        mask_layer = int(_container(self.backbone_cfg, "mask_layer", -1))
+        k_feat = stable_hash(["features", self.k_frames, bb_keys, need_saliency and mask_layer])
+
+        def _features():
+            return _extract_features(self.frames, self.backbone_cfg, self.device, need_saliency, mask_layer,
+                                     self.progress)
+
+        arr, _ = self.cache.get_or_compute("features", k_feat, _features, self.stats)
+        return k_feat, arr, bb_keys
+
+    def index(self, entries: dict) -> dict:
+        """A cache index (``preprocessed.json`` layout) of ``{stage: key}``."""
+        v = self.video
+        return dict(name=v.name, cache_dir=str(self.cache.root.resolve()), patch=self.patch, stride=self.stride,
+                    input_hw=list(self.resize.input_hw), model_hw=list(self.resize.model_hw),
+                    frame_indices=[int(i) for i in v.frame_indices],
+                    entries=sorted(self.cache.path(s, k).name for s, k in entries.items()))
+
+
+def preprocess_inference_inputs(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root,
+                                progress: bool = True) -> dict:
+    """Only what tracking with a fitted model needs (frames at model resolution, frozen features) plus the
+    consecutive flow (the flow-chaining baseline), cached like :func:`preprocess_video`. Returns a cache
+    index for :func:`dinotracker.inference.api.load_inference_video` (``frames``, ``features``, ``flow``
+    entries). Used to track all frames of a video fitted on every k-th frame (paper Tab. 4)."""
+    st = _Stages(video, backbone_cfg, flow_cfg, pre_cfg, cache_root, progress, {})
+    k_flow = st.flow()[0]
+    k_feat = st.features(need_saliency=False)[0]
+    return st.index({"frames": st.k_frames, "flow": k_flow, "features": k_feat})
+
+
 def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, progress: bool = True,
                      stats: dict | None = None) -> PreprocessedVideo:
     """Run (or reuse) every preprocessing stage for ``video`` and return the training input."""
     stats = {} if stats is None else stats
-    device = resolve_device(_container(pre_cfg, "device", "auto"))
-    patch, stride = int(backbone_cfg.patch), int(backbone_cfg.stride)
-    size = _container(pre_cfg, "size")
-    model_hw = model_size(video.hw, short_side=_container(pre_cfg, "short_side"),
-                          size_hw=tuple(size) if size else None, multiple=patch)
-    resize = Resize(video.hw, model_hw)
-    video_key = stable_hash([array_hash(video.frames), video.frame_indices.tolist(), CACHE_VERSION])
-    cache = StageCache(Path(cache_root) / f"{video.name}-{video_key[:10]}")
-    log.info("preprocessing %s: %d frames %s -> model %s, cache %s", video.name, video.num_frames,
-             video.hw, model_hw, cache.root)
-
-    # frames at model resolution
-    k_frames = stable_hash(["frames", video_key, model_hw])
-    arr, _ = cache.get_or_compute("frames", k_frames, lambda: (
-        {"frames": resize_frames(video.frames, model_hw)}, {"model_hw": model_hw}), stats)
-    frames = torch.from_numpy(np.array(arr["frames"]))
-
-    # optical flow between consecutive frames (forward and backward, fp16)
-    flow_keys = {k: _container(flow_cfg, k) for k in ("method", "weights", "num_updates", "dis_preset")}
-    k_flow = stable_hash(["flow", k_frames, flow_keys])
-
-    def _estimator():
-        from dinotracker.preprocessing.flow import build_flow
-
-        return build_flow(flow_keys["method"], device=device, weights=flow_keys["weights"],
-                          num_updates=int(flow_keys["num_updates"] or 24),
-                          dis_preset=flow_keys["dis_preset"] or "medium")
-
-    def _flow():
-        from dinotracker.preprocessing.flow import compute_consecutive_flows
-
-        fwd, bwd = compute_consecutive_flows(_estimator(), frames, batch_size=int(flow_cfg.batch_size),
-                                             progress=progress)
-        return {"forward": fwd.numpy(), "backward": bwd.numpy()}, {"method": flow_keys["method"]}
-
-    arr, _ = cache.get_or_compute("flow", k_flow, _flow, stats)
-    forward, backward = torch.from_numpy(np.array(arr["forward"])), torch.from_numpy(np.array(arr["backward"]))
+    st = _Stages(video, backbone_cfg, flow_cfg, pre_cfg, cache_root, progress, stats)
+    device, patch, stride, model_hw, resize, cache = st.device, st.patch, st.stride, st.model_hw, st.resize, st.cache
+    frames, k_frames = st.frames, st.k_frames
+    k_flow, forward, backward = st.flow()
+    _estimator = st.estimator
 
     # chained trajectories (filtered and unfiltered from one pass)
     tcfg = pre_cfg.trajectories
@@ -115,16 +162,7 @@ def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, 
     tracks_unfiltered = arr["tracks_unfiltered"]
 
     # frozen backbone features (+ the saliency block when masks are missing)
-    bb_keys = {k: _container(backbone_cfg, k) for k in ("name", "weights", "source", "stride", "layer",
-                                                         "facet", "dim", "patch")}
-    need_saliency = video.masks is None
-    mask_layer = int(_container(backbone_cfg, "mask_layer", -1))
-    k_feat = stable_hash(["features", k_frames, bb_keys, need_saliency and mask_layer])
-
-    def _features():
-        return _extract_features(frames, backbone_cfg, device, need_saliency, mask_layer, progress)
-
-    arr, _ = cache.get_or_compute("features", k_feat, _features, stats)
+    k_feat, arr, bb_keys = st.features(need_saliency=video.masks is None)
     features = torch.from_numpy(np.array(arr["features"]))
 
     # foreground masks: the user's, else DINO saliency

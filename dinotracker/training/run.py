@@ -143,7 +143,7 @@ def fit_video(cfg: DictConfig) -> float | None:
         log.info("%s already has metrics.json: skipping (skip_if_done=true)", out)
         return _optimised(json.loads((out / "metrics.json").read_text()), cfg)
     L.seed_everything(int(cfg.seed), workers=True)
-    video, gt = video_from_config(cfg.video)
+    video, gt = video_from_config(fitted_video_config(cfg))
     log.info("video %s: %d frames %s from %s", video.name, video.num_frames, video.hw, video.source)
     log.info("backbone %s (%s), flow %s", cfg.backbone.name, cfg.backbone.get("source"), cfg.flow.method)
     pre = preprocess_video(video, cfg.backbone, cfg.flow, cfg.preprocess, cfg.paths.cache_dir)
@@ -238,50 +238,46 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
         log.info("track video -> %s", out / "tracks.mp4")
     if gt is None or not cfg.evaluate.enabled:
         return {}
-    full = None
-    if cfg.evaluate.get("all_frames") and int(cfg.video.get("stride", 1) or 1) > 1:
-        # fitted on every k-th frame, scored on all frames (paper Tab. 4): tracks are interpolated
-        # linearly in time between fitted frames; ground-truth tracks whose query frame was not
-        # fitted are left out (their query would need a frame the tracker never saw)
-        full = _full_frame_gt(cfg)
-        slot = {int(f): i for i, f in enumerate(video.frame_indices)}
-        keep = np.array([int(q) in slot for q in full.query_frames])
-        full = type(full)(full.tracks[keep], full.occluded[keep], full.query_frames[keep])
-        gt = type(full)(full.tracks[:, video.frame_indices], full.occluded[:, video.frame_indices],
-                        np.array([slot[int(q)] for q in full.query_frames]))
+    shown, full_index = video, None  # the frames tracked and scored (all of them for a subsampled fit)
+    if cfg.evaluate.get("all_frames") and int(cfg.get("subsample") or 1) > 1:
+        # fitted on every k-th frame, tracked and scored on every frame (paper Tab. 4): the fitted model
+        # runs on frames it never saw in training (their frozen features and flow are computed here)
+        from dinotracker.preprocessing.pipeline import preprocess_inference_inputs
+
+        shown, gt = _full_video(cfg)
+        full_index = preprocess_inference_inputs(shown, cfg.backbone, cfg.flow, cfg.preprocess, cfg.paths.cache_dir)
+        tracker = load(out, device=str(_device_of(module)), video=full_index, **tkw)
+        log.info("evaluating on all %d frames (fitted on %d)", shown.num_frames, video.num_frames)
     queries = torch.from_numpy(gt.queries)
     ours = tracker.track(queries, occlusion=bool(tcfg.occlusion))
     preds = {"dinotracker": (_np(ours["tracks"]), _np(ours["visible"]))}
     baselines = list(cfg.evaluate.get("baselines") or [])
     if "still" in baselines:
-        tr, vis = still_baseline(queries, video.num_frames)
+        tr, vis = still_baseline(queries, shown.num_frames)
         preds["still"] = (_np(tr), _np(vis))
     if "flow_chaining" in baselines:
         from dinotracker.preprocessing.cache import StageCache
 
-        flow_entry = next(e for e in pre.meta["entries"] if e.startswith("flow-"))
-        arr, _ = StageCache(pre.meta["cache_dir"]).load("flow", flow_entry.split("-", 1)[1])
+        index = full_index or pre.meta
+        flow_entry = next(e for e in index["entries"] if e.startswith("flow-"))
+        arr, _ = StageCache(index["cache_dir"]).load("flow", flow_entry.split("-", 1)[1])
         q_model = queries.clone()
         q_model[:, 1:] = pre.resize.to_model(queries[:, 1:])
         tr, vis = flow_chaining_baseline(q_model, torch.from_numpy(np.array(arr["forward"])),
                                          torch.from_numpy(np.array(arr["backward"])))
         preds[f"{cfg.flow.method}_chaining"] = (_np(pre.resize.to_input(tr)), _np(vis))
     if "raw_dino" in baselines and str(cfg.backbone.name) != "none":
-        raw = load(out, device=str(_device_of(module)), raw_features=True, **tkw)
+        raw = load(out, device=str(_device_of(module)), raw_features=True, video=full_index, **tkw)
         r = raw.track(queries, occlusion=bool(tcfg.occlusion))
         preds["raw_dino"] = (_np(r["tracks"]), _np(r["visible"]))
-    if full is not None:
-        preds = {k: interpolate_in_time(tr, vis, video.frame_indices, full.tracks.shape[1])
-                 for k, (tr, vis) in preds.items()}
-        gt = full
-    if "mp4" in (tcfg.get("export") or []) and full is None:
+    if "mp4" in (tcfg.get("export") or []):
         from dinotracker.viz.tracks import draw_tracks_video
 
-        draw_tracks_video(out / "tracks_vs_gt.mp4", video.frames, _np(ours["tracks"]), _np(ours["visible"]),
-                          fps=video.fps, gt_tracks=gt.tracks, gt_visible=~gt.occluded, query_frames=gt.query_frames)
+        draw_tracks_video(out / "tracks_vs_gt.mp4", shown.frames, _np(ours["tracks"]), _np(ours["visible"]),
+                          fps=shown.fps, gt_tracks=gt.tracks, gt_visible=~gt.occluded, query_frames=gt.query_frames)
     methods = evaluate_methods(preds, gt, video.hw, str(cfg.evaluate.query_mode))
     results = dict(video=video.name, query_mode=str(cfg.evaluate.query_mode), num_queries=int(len(queries)),
-                   num_frames=video.num_frames, methods=methods)
+                   num_frames=shown.num_frames, fitted_frames=video.num_frames, methods=methods)
     write_json(out / "metrics.json", results)
     table = metrics_table(methods)
     (out / "metrics.md").write_text(f"# {video.name} ({len(queries)} ground-truth tracks, "
@@ -290,24 +286,23 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     return results
 
 
-def interpolate_in_time(tracks: np.ndarray, visible: np.ndarray, frame_indices, num_frames: int):
-    """Tracks [N,Tf,2] at source frames ``frame_indices`` [Tf] -> [N,T,2] by linear interpolation in
-    time (held constant beyond the ends); visibility from the nearest fitted frame."""
-    fi = np.asarray(frame_indices, np.float64)
-    t = np.arange(num_frames, dtype=np.float64)
-    out = np.empty((tracks.shape[0], num_frames, 2), np.float32)
-    for c in range(2):
-        out[..., c] = np.stack([np.interp(t, fi, tr) for tr in tracks[..., c]]) if len(tracks) else 0.0
-    nearest = np.abs(t[:, None] - fi[None]).argmin(1)
-    return out, np.asarray(visible)[:, nearest]
+def fitted_video_config(cfg):
+    """The ``video`` config with ``subsample`` applied: every k-th frame of the video's own range/stride."""
+    k = int(cfg.get("subsample") or 1)
+    if k < 1:
+        raise ValueError(f"subsample must be >= 1, got {k}")
+    if k == 1:
+        return cfg.video
+    vcfg = OmegaConf.to_container(cfg.video, resolve=True)
+    vcfg["stride"] = int(vcfg.get("stride") or 1) * k
+    return OmegaConf.create(vcfg)
 
 
-def _full_frame_gt(cfg):
+def _full_video(cfg):
+    """The configured video (its own range and stride, without ``subsample``) and its ground truth."""
     from dinotracker.data.sources import video_from_config
 
-    vcfg = OmegaConf.to_container(cfg.video, resolve=True)
-    vcfg.update(start=0, end=None, stride=1)
-    return video_from_config(OmegaConf.create(vcfg))[1]
+    return video_from_config(cfg.video)
 
 
 def _device_of(module) -> torch.device:

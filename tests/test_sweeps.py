@@ -10,30 +10,26 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["+video=synthetic", "experiment=quick_cpu", "backbone=none", "backbone.dim=16", "video.num_frames=5",
-        "video.height=64", "video.width=96", "video.num_points=16", "trainer.max_steps=2", "preprocess.short_side=56",
-        "preprocess.device=cpu", "model.delta_channels=[8,8,8]", "data.flow_pairs=16", "data.bb_pairs=16",
-        "data.cycle_pairs=16", "track.grid_step=48", "callbacks=none", "logger=csv"]
 
 
-def _fit(tmp_path, *args):
-    return subprocess.run([sys.executable, "-m", "dinotracker.fit", "-m", *TINY, f"paths.cache_dir={tmp_path / 'c'}",
-                           f"hydra.sweep.dir={tmp_path / 'sweep'}", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+def _fit(tmp_path, tiny, *args):
+    cmd = [sys.executable, "-m", "dinotracker.fit", "-m", "+video=synthetic", *tiny,
+           f"paths.cache_dir={tmp_path / 'c'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
-def test_optuna_search_runs_trials(tmp_path):
+def test_optuna_search_runs_trials(tmp_path, tiny_fit_overrides):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    r = _fit(tmp_path, "hparams_search=optuna_aj", "hydra.sweeper.n_trials=2",
+    r = _fit(tmp_path, tiny_fit_overrides, "hparams_search=optuna_aj", "hydra.sweeper.n_trials=2",
              "hydra.sweeper.sampler.n_startup_trials=1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list((tmp_path / "sweep").glob("*/metrics.json"))) == 2
     assert "best_value" in (tmp_path / "sweep" / "optimization_results.yaml").read_text()
 
 
-def test_failed_job_does_not_end_sweep(tmp_path):
+def test_failed_job_does_not_end_sweep(tmp_path, tiny_fit_overrides):
     # the second job asks for a model resolution smaller than one patch and fails; the first still finishes
-    r = _fit(tmp_path, "preprocess.short_side=56,7")
+    r = _fit(tmp_path, tiny_fit_overrides, "preprocess.short_side=56,7")
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list((tmp_path / "sweep").glob("*/metrics.json"))) == 1
     assert len(list((tmp_path / "sweep").glob("*/error.txt"))) == 1

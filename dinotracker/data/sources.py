@@ -34,17 +34,32 @@ class GroundTruth:
         return GroundTruth(tracks, occ, np.argmax(~occ, axis=1).astype(np.int64))
 
 
-def load_gt_npz(path, num_frames: int) -> GroundTruth:
-    """A ``gt.npz`` with ``points_xy`` [N,T,2] (x, y) px, ``occluded`` [N,T], optional ``query_frame``."""
+def read_gt_npz(path) -> dict:
+    """The arrays of a ``gt.npz`` (TAP-Vid folder layout): ``points_xy`` [N,T,2] (x, y) px, ``occluded`` [N,T]
+    bool, ``query_frame`` [N] int or None, ``hw`` (height, width) or None. FileNotFoundError when missing,
+    :class:`VideoError` (a ValueError) when unreadable or incomplete."""
     path = Path(path)
     if not path.is_file():
-        raise VideoError(f"ground truth file not found: {path}")
-    with np.load(path) as z:
-        if "points_xy" not in z or "occluded" not in z:
-            raise VideoError(f"{path} needs arrays 'points_xy' [N,T,2] and 'occluded' [N,T]")
-        tracks = z["points_xy"].astype(np.float32)
-        occ = z["occluded"].astype(bool)
-        q = z["query_frame"].astype(np.int64) if "query_frame" in z else np.argmax(~occ, axis=1)
+        raise FileNotFoundError(f"ground truth file not found: {path}")
+    try:
+        z = np.load(path)
+    except (OSError, ValueError) as err:
+        raise VideoError(f"{path} is not a readable .npz ({err})") from err
+    with z:
+        missing = [k for k in ("points_xy", "occluded") if k not in z.files]
+        if missing:
+            raise VideoError(f"{path} lacks {missing} (has {z.files}); it needs 'points_xy' [N,T,2] and "
+                             "'occluded' [N,T]")
+        return dict(points_xy=z["points_xy"].astype(np.float32), occluded=z["occluded"].astype(bool),
+                    query_frame=z["query_frame"].astype(np.int64) if "query_frame" in z.files else None,
+                    hw=(int(z["height"]), int(z["width"])) if {"height", "width"} <= set(z.files) else None)
+
+
+def load_gt_npz(path, num_frames: int) -> GroundTruth:
+    """:class:`GroundTruth` of a ``gt.npz`` (:func:`read_gt_npz`) checked against the video's frame count."""
+    d = read_gt_npz(path)
+    tracks, occ = d["points_xy"], d["occluded"]
+    q = d["query_frame"] if d["query_frame"] is not None else np.argmax(~occ, axis=1)
     if tracks.shape[1] != num_frames or occ.shape != tracks.shape[:2]:
         raise VideoError(f"{path}: tracks {tracks.shape} / occluded {occ.shape} do not match "
                          f"the video's {num_frames} frames")

@@ -356,17 +356,10 @@ def load_tapvid_video_dir(path: str | Path) -> TapVidSample:
         raise FileNotFoundError(f"missing ground truth {gt_path}")
     if not frame_dir.is_dir() or not _frame_files(frame_dir):
         raise FileNotFoundError(f"missing frames: no images in {frame_dir}")
-    try:
-        z = np.load(gt_path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{gt_path} is not a readable .npz ({err})") from err
-    with z:
-        missing = [k for k in ("points_xy", "occluded") if k not in z.files]
-        if missing:
-            raise ValueError(f"{gt_path} lacks {missing} (has {z.files})")
-        tracks, occluded = z["points_xy"], z["occluded"]
-        query_frames = z["query_frame"] if "query_frame" in z.files else None
-        hw = (int(z["height"]), int(z["width"])) if {"height", "width"} <= set(z.files) else None
+    from dinotracker.data.sources import read_gt_npz
+
+    gt = read_gt_npz(gt_path)
+    tracks, occluded, query_frames, hw = gt["points_xy"], gt["occluded"], gt["query_frame"], gt["hw"]
     video = LazyFrames(_frame_files(frame_dir))
     if hw is None:
         hw = video.hw

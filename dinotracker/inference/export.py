@@ -18,13 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from dinotracker.inference.queries import read_queries  # noqa: F401  (re-exported reader)
+from dinotracker.utils.arrays import to_numpy
 
 COORD_CONVENTION = "raster xy input px: (0,0) = top-left corner of the top-left pixel, centres at +0.5"
 CSV_HEADER = ("point_id", "frame", "x", "y", "visible", "confidence")
 
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 def atomic_write(path, write) -> Path:
@@ -42,12 +40,12 @@ def atomic_write(path, write) -> Path:
 
 
 def _check(tracks, visible, confidence=None):
-    tracks, visible = _np(tracks).astype(np.float32), _np(visible).astype(bool)
+    tracks, visible = to_numpy(tracks).astype(np.float32), to_numpy(visible).astype(bool)
     if tracks.ndim != 3 or tracks.shape[-1] != 2 or visible.shape != tracks.shape[:2]:
         raise ValueError(
             f"expected tracks [N, T, 2] and visible [N, T], got {tracks.shape} and {visible.shape}"
         )
-    conf = visible.astype(np.float32) if confidence is None else _np(confidence).astype(np.float32)
+    conf = visible.astype(np.float32) if confidence is None else to_numpy(confidence).astype(np.float32)
     if conf.shape != visible.shape:
         raise ValueError(f"confidence must be [N, T] = {visible.shape}, got {conf.shape}")
     return tracks, visible, conf
@@ -56,7 +54,7 @@ def _check(tracks, visible, confidence=None):
 def save_npz(path, tracks, visible, confidence=None, queries=None, **meta) -> Path:
     """Write the NPZ export (module docstring); ``meta`` values become extra arrays (e.g. fps=24)."""
     tracks, visible, conf = _check(tracks, visible, confidence)
-    q = np.zeros((tracks.shape[0], 3), np.float32) if queries is None else _np(queries).astype(np.float32)
+    q = np.zeros((tracks.shape[0], 3), np.float32) if queries is None else to_numpy(queries).astype(np.float32)
     if q.shape != (tracks.shape[0], 3):
         raise ValueError(f"queries must be [N, 3] (t, x, y), got {q.shape}")
     arrays = dict(

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dinotracker.utils.arrays import to_numpy
+
 log = logging.getLogger("dinotracker.fit")
 
 
@@ -233,8 +235,8 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     if "mp4" in (tcfg.get("export") or []):
         from dinotracker.viz.tracks import draw_tracks_video
 
-        draw_tracks_video(out / "tracks.mp4", video.frames, _np(grid["tracks"]), _np(grid["visible"]),
-                          fps=video.fps, query_frames=_np(grid["queries"])[:, 0].astype(int))
+        draw_tracks_video(out / "tracks.mp4", video.frames, to_numpy(grid["tracks"]), to_numpy(grid["visible"]),
+                          fps=video.fps, query_frames=to_numpy(grid["queries"])[:, 0].astype(int))
         log.info("track video -> %s", out / "tracks.mp4")
     if gt is None or not cfg.evaluate.enabled:
         return {}
@@ -250,11 +252,11 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
         log.info("evaluating on all %d frames (fitted on %d)", shown.num_frames, video.num_frames)
     queries = torch.from_numpy(gt.queries)
     ours = tracker.track(queries, occlusion=bool(tcfg.occlusion))
-    preds = {"dinotracker": (_np(ours["tracks"]), _np(ours["visible"]))}
+    preds = {"dinotracker": (to_numpy(ours["tracks"]), to_numpy(ours["visible"]))}
     baselines = list(cfg.evaluate.get("baselines") or [])
     if "still" in baselines:
         tr, vis = still_baseline(queries, shown.num_frames)
-        preds["still"] = (_np(tr), _np(vis))
+        preds["still"] = (to_numpy(tr), to_numpy(vis))
     if "flow_chaining" in baselines:
         from dinotracker.preprocessing.cache import StageCache
 
@@ -265,15 +267,15 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
         q_model[:, 1:] = pre.resize.to_model(queries[:, 1:])
         tr, vis = flow_chaining_baseline(q_model, torch.from_numpy(np.array(arr["forward"])),
                                          torch.from_numpy(np.array(arr["backward"])))
-        preds[f"{cfg.flow.method}_chaining"] = (_np(pre.resize.to_input(tr)), _np(vis))
+        preds[f"{cfg.flow.method}_chaining"] = (to_numpy(pre.resize.to_input(tr)), to_numpy(vis))
     if "raw_dino" in baselines and str(cfg.backbone.name) != "none":
         raw = load(out, device=str(_device_of(module)), raw_features=True, video=full_index, **tkw)
         r = raw.track(queries, occlusion=bool(tcfg.occlusion))
-        preds["raw_dino"] = (_np(r["tracks"]), _np(r["visible"]))
+        preds["raw_dino"] = (to_numpy(r["tracks"]), to_numpy(r["visible"]))
     if "mp4" in (tcfg.get("export") or []):
         from dinotracker.viz.tracks import draw_tracks_video
 
-        draw_tracks_video(out / "tracks_vs_gt.mp4", shown.frames, _np(ours["tracks"]), _np(ours["visible"]),
+        draw_tracks_video(out / "tracks_vs_gt.mp4", shown.frames, to_numpy(ours["tracks"]), to_numpy(ours["visible"]),
                           fps=shown.fps, gt_tracks=gt.tracks, gt_visible=~gt.occluded, query_frames=gt.query_frames)
     methods = evaluate_methods(preds, gt, video.hw, str(cfg.evaluate.query_mode))
     results = dict(video=video.name, query_mode=str(cfg.evaluate.query_mode), num_queries=int(len(queries)),
@@ -313,6 +315,3 @@ def _device_of(module) -> torch.device:
     except StopIteration:
         return torch.device("cpu")
 
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

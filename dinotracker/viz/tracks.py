@@ -24,11 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dinotracker.utils.arrays import to_numpy
+
 SUBPIX = 4  # cv2 fixed-point shift: draw at 1/16 px
 
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 def track_colors(xy: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -73,13 +72,13 @@ def render_frames(
     gt_tracks [N, T, 2] / gt_visible [N, T] optional; query_frames [N] pick each track's colour
     position (default: its first finite frame); colors RGB uint8 [N, 3] override the hue wheel.
     """
-    frames = _np(frames)
-    tracks = _np(tracks).astype(np.float64)
+    frames = to_numpy(frames)
+    tracks = to_numpy(tracks).astype(np.float64)
     t_len, h, w = frames.shape[:3]
     n = tracks.shape[0]
     if tracks.ndim != 3 or tracks.shape[1] != t_len or tracks.shape[2] != 2:
         raise ValueError(f"tracks must be [N, T={t_len}, 2], got {tracks.shape}")
-    visible = np.ones((n, t_len), bool) if visible is None else _np(visible).astype(bool)
+    visible = np.ones((n, t_len), bool) if visible is None else to_numpy(visible).astype(bool)
     if visible.shape != (n, t_len):
         raise ValueError(f"visible must be [N, T] = {(n, t_len)}, got {visible.shape}")
     radius = radius or max(2, int(round(min(h, w) / 150)))
@@ -91,8 +90,8 @@ def render_frames(
     finite = np.isfinite(tracks).all(-1)
     fix = _fix(np.nan_to_num(tracks))
     if gt_tracks is not None:
-        gt = _np(gt_tracks).astype(np.float64)
-        gt_vis = np.ones((n, t_len), bool) if gt_visible is None else _np(gt_visible).astype(bool)
+        gt = to_numpy(gt_tracks).astype(np.float64)
+        gt_vis = np.ones((n, t_len), bool) if gt_visible is None else to_numpy(gt_visible).astype(bool)
         gt_vis &= np.isfinite(gt).all(-1)
         gt_fix = _fix(np.nan_to_num(gt))
     thick = max(1, radius // 2)
@@ -185,7 +184,7 @@ def draw_tracks_video(
 ) -> Path:
     """Write an mp4 of ``frames`` [T, H, W, 3] uint8 RGB with ``tracks`` [N, T, 2] (px of the frames)
     drawn (module docstring); ``visible`` [N, T]; optional ground truth ``gt_tracks``/``gt_visible``."""
-    frames = _np(frames)
+    frames = to_numpy(frames)
     if frames.ndim == 4 and frames.shape[1] == 3 and frames.shape[-1] != 3:  # [T, 3, H, W] -> HWC
         frames = frames.transpose(0, 2, 3, 1)
     it = render_frames(
@@ -252,7 +251,7 @@ def tracks_grid_image(
     query_frames=None,
 ) -> np.ndarray:
     """RGB uint8 grid image of ``num`` evenly spaced frames (labelled t=...)."""
-    frames = _np(frames)
+    frames = to_numpy(frames)
     if frames.ndim == 4 and frames.shape[1] == 3 and frames.shape[-1] != 3:
         frames = frames.transpose(0, 2, 3, 1)
     t_len, h, w = frames.shape[:3]

@@ -11,14 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["experiment=quick_cpu", "backbone=none", "backbone.dim=16", "video.num_frames=5", "video.height=64",
-        "video.width=96", "video.num_points=16", "trainer.max_steps=2", "preprocess.short_side=56",
-        "preprocess.device=cpu", "model.delta_channels=[8,8,8]", "data.flow_pairs=16", "data.bb_pairs=16",
-        "data.cycle_pairs=16", "track.grid_step=48", "callbacks=none", "logger=csv"]
-
-
-def _bench(tmp_path, launcher):
-    overrides = "fit_overrides=[" + ",".join(f'"{o}"' for o in [*TINY, f"paths.cache_dir={tmp_path / 'cache'}"]) + "]"
+def _bench(tmp_path, launcher, tiny):
+    overrides = "fit_overrides=[" + ",".join(f'"{o}"' for o in [*tiny, f"paths.cache_dir={tmp_path / 'cache'}"]) + "]"
     cmd = [sys.executable, "-m", "dinotracker.benchmark", "benchmark=synthetic", "benchmark.seeds=[0,1]", overrides,
            f"output_dir={tmp_path / 'bench'}"]
     if launcher:
@@ -27,10 +21,10 @@ def _bench(tmp_path, launcher):
 
 
 @pytest.mark.parametrize("launcher", [None, "submitit_local"])
-def test_benchmark_runs_summarises_and_skips(tmp_path, launcher):
+def test_benchmark_runs_summarises_and_skips(tmp_path, launcher, tiny_fit_overrides):
     if launcher:
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    r = _bench(tmp_path, launcher)
+    r = _bench(tmp_path, launcher, tiny_fit_overrides)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "bench"
     rows = list(csv.DictReader(open(out / "per_video.csv")))
@@ -39,6 +33,6 @@ def test_benchmark_runs_summarises_and_skips(tmp_path, launcher):
     summary = (out / "summary.md").read_text()
     assert "| dis_chaining |" in summary and "occlusion rate" in summary
     stamp = {p: p.stat().st_mtime for p in out.glob("*/metrics.json")}
-    r = _bench(tmp_path, launcher)  # again: both videos are skipped, metrics untouched
+    r = _bench(tmp_path, launcher, tiny_fit_overrides)  # again: both videos are skipped, metrics untouched
     assert r.returncode == 0, r.stderr[-3000:]
     assert {p: p.stat().st_mtime for p in out.glob("*/metrics.json")} == stamp

@@ -26,13 +26,12 @@ FORMATS = ("npz", "csv", "pkl", "mp4")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def read_mask(path, hw: tuple[int, int]) -> np.ndarray:
-    """A mask image (nonzero = inside) -> bool [H, W]; must be at the input resolution."""
-    import cv2
+def read_grid_mask(path, hw: tuple[int, int]) -> np.ndarray:
+    """A mask image (any object id = inside; :func:`dinotracker.data.video.read_mask` conventions) -> bool
+    [H, W]; must be at the input resolution."""
+    from dinotracker.data.video import read_mask
 
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise FileNotFoundError(f"cannot read grid mask {path}")
+    m = read_mask(path)
     if m.shape != tuple(hw):
         raise ValueError(
             f"grid mask {path} is {m.shape[1]}x{m.shape[0]}, the video is {hw[1]}x{hw[0]} (W x H)"
@@ -78,7 +77,7 @@ def run(cfg: DictConfig) -> dict:
         out = tracker.track(queries, occlusion=bool(cfg.occlusion))
         default_name = f"tracks_{Path(str(cfg.queries)).stem}"
     else:
-        mask = read_mask(cfg.grid_mask, tracker.input_hw) if cfg.grid_mask else None
+        mask = read_grid_mask(cfg.grid_mask, tracker.input_hw) if cfg.grid_mask else None
         out = tracker.track_grid(
             float(cfg.grid_step), frame=int(cfg.grid_frame), mask=mask, occlusion=bool(cfg.occlusion)
         )

@@ -7,6 +7,7 @@ back to input pixels.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +54,12 @@ def natural_key(name: str):
     return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
 
 
-def list_frames(folder: Path) -> list[Path]:
-    """Image files of a frame folder in natural order; errors on empty or mixed folders."""
+def list_frames(folder) -> list[Path]:
+    """Image files of a frame (or mask) folder in natural order (frame2 < frame10); errors on a missing,
+    empty or mixed-format folder."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTS]
     if not files:
         raise VideoError(f"no frames (*.jpg, *.jpeg, *.png) in folder {folder}")
@@ -146,22 +151,77 @@ def load_video(path, masks=None, start: int = 0, end: int | None = None, stride:
     return video
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """A mask PNG/JPG as uint8 object ids: palette PNGs keep their indices, grey 0/255 -> 0/1."""
-    with Image.open(path) as im:
-        try:
+def davis_palette() -> np.ndarray:
+    """The DAVIS / PASCAL VOC colour map [256, 3] uint8 (id k -> colour; 255 = void, (224, 224, 192))."""
+    pal = np.zeros((256, 3), np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
+
+
+def read_mask(path, threshold: int = 128) -> np.ndarray:
+    """A mask image as uint8 object ids [H, W] (0 = background).
+
+    Palette PNGs keep their indices. Greyscale: only {0, 255} -> binary 0/1; a few small distinct values
+    (<= 64 of them, max < 255) are ids as stored; anything else (a soft or JPEG-compressed mask) is
+    thresholded at ``threshold`` -> 0/1. RGB images whose colours are all DAVIS palette entries map back
+    to their ids.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask not found: {path}")
+    try:
+        with Image.open(path) as im:
             im.load()
-        except OSError as err:
-            raise VideoError(f"cannot read mask {path}: {err}") from err
-        if im.mode == "P":
-            return np.asarray(im).astype(np.uint8)
-        arr = np.asarray(im.convert("L"))
+            if im.mode == "P":
+                return np.asarray(im).astype(np.uint8)
+            if im.mode in ("RGB", "RGBA"):
+                rgb = np.asarray(im.convert("RGB"))
+                if not (rgb[..., 0] == rgb[..., 1]).all() or not (rgb[..., 1] == rgb[..., 2]).all():
+                    return _rgb_to_ids(rgb, path)
+            arr = np.asarray(im.convert("L") if im.mode not in ("L", "I", "I;16") else im)
+    except (OSError, UnidentifiedImageError) as err:
+        raise VideoError(f"cannot read mask {path}: {err}") from err
     values = np.unique(arr)
     if set(values.tolist()) <= {0, 255}:
-        return (arr >= 128).astype(np.uint8)  # binary 0/255
-    if values.size <= 32:
-        return arr.astype(np.uint8)  # grey object ids (0, 1, 2, ...)
-    return (arr >= 128).astype(np.uint8)  # a JPEG-compressed binary mask: threshold half-way
+        return (arr >= 128).astype(np.uint8)
+    if values.size <= 64 and values.max() < 255:
+        return arr.astype(np.uint8)
+    return (arr >= threshold).astype(np.uint8)
+
+
+def _rgb_to_ids(rgb: np.ndarray, path) -> np.ndarray:
+    pal = davis_palette().astype(np.int64)
+    key = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    pal_key = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]
+    lut = {int(k): i for i, k in reversed(list(enumerate(pal_key)))}
+    colours = np.unique(key)
+    if any(c not in lut for c in colours.tolist()):
+        raise VideoError(f"colour mask {path} has colours outside the DAVIS palette; save it as a palette "
+                         "(P mode) or greyscale id PNG")
+    ids = np.array([lut[c] for c in colours.tolist()], np.uint8)
+    return ids[np.searchsorted(colours, key)]
+
+
+def write_mask(path, labels: np.ndarray) -> Path:
+    """Write uint8 ids [H, W] as a palette PNG with the DAVIS palette (what DAVIS tools read)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be [H, W], got {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError("palette PNGs hold ids 0..255")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(labels.astype(np.uint8), mode="P")
+    im.putpalette(davis_palette().reshape(-1).tolist())
+    im.save(path)
+    return path
 
 
 def load_masks(folder, num_frames: int, hw: tuple[int, int]) -> np.ndarray:
@@ -190,34 +250,90 @@ def write_frames(folder, frames: np.ndarray, ext: str = ".png") -> list[Path]:
     return paths
 
 
-def write_video(path, frames: np.ndarray, fps: float = 24.0, crf: int = 18, lossless: bool = False) -> Path:
-    """Write uint8 [T, H, W, 3] RGB frames to an mp4 (H.264; ``lossless`` uses qp=0 in yuv444p).
+class Mp4Writer:
+    """Streaming mp4 writer (PyAV): frames (uint8 [H, W, 3] RGB) are encoded as they arrive, so memory stays
+    flat, into a temporary file that replaces ``path`` on :meth:`close` (an interrupted write leaves no
+    half-written file behind). H.264 yuv420p, odd sizes padded by one edge pixel (yuv420p needs even sizes);
+    ``lossless``: qp 0 in yuv444p. Falls back to mpeg4 when this FFmpeg build has no libx264."""
 
-    Odd sizes are padded by one pixel (yuv420p needs even sizes). Written atomically.
-    """
-    import av
+    def __init__(self, path, fps: float = 24.0, crf: int = 20, lossless: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.stem}.tmp{os.getpid()}{self.path.suffix or '.mp4'}")
+        self.rate = max(1, int(round(float(fps))))
+        self.crf, self.lossless = int(crf), bool(lossless)
+        self.container = self.stream = self.codec = None
+        self.size: tuple[int, int] | None = None
+        self.frames = 0
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    frames = np.asarray(frames)
-    t, h, w = frames.shape[:3]
-    ph, pw = h + (h % 2), w + (w % 2)
-    with av.open(str(tmp), mode="w") as container:
+    def _open(self, h: int, w: int) -> None:
+        import av
+
+        self.container = av.open(str(self.tmp), mode="w", format="mp4")
         try:
-            stream = container.add_stream("libx264", rate=int(round(fps)) or 1)
-            stream.options = {"qp": "0"} if lossless else {"crf": str(crf)}
-            stream.pix_fmt = "yuv444p" if lossless else "yuv420p"
-        except (av.error.FFmpegError, ValueError):  # no libx264 in this FFmpeg build
-            stream = container.add_stream("mpeg4", rate=int(round(fps)) or 1)
-            stream.pix_fmt = "yuv420p"
-        stream.width, stream.height = pw, ph
+            self.stream = self.container.add_stream("libx264", rate=self.rate)
+            self.stream.options = {"qp": "0"} if self.lossless else {"crf": str(self.crf)}
+            self.stream.pix_fmt = "yuv444p" if self.lossless else "yuv420p"
+            self.codec = "libx264"
+        except (av.error.FFmpegError, ValueError):  # no libx264 here (UnknownCodecError is a ValueError)
+            self.stream = self.container.add_stream("mpeg4", rate=self.rate)
+            self.stream.pix_fmt = "yuv420p"
+            self.codec = "mpeg4"
+        self.size = (h, w)
+        self.stream.width, self.stream.height = w + w % 2, h + h % 2
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 [H, W, 3] RGB, got {frame.dtype} {frame.shape}")
+        h, w = frame.shape[:2]
+        if self.container is None:
+            self._open(h, w)
+        elif (h, w) != self.size:
+            raise ValueError(f"frame {self.frames} is {h}x{w}, the video is {self.size[0]}x{self.size[1]}")
+        if h % 2 or w % 2:
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> Path:
+        """Flush, close and move the file into place; ValueError when no frame was written."""
+        if self.container is None:
+            raise ValueError(f"no frames written to {self.path}")
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            self.container.close()
+            os.replace(self.tmp, self.path)
+        finally:
+            self.container = None
+            self.tmp.unlink(missing_ok=True)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop what was written (the target file is left as it was)."""
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_video(path, frames, fps: float = 24.0, crf: int = 18, lossless: bool = False) -> Path:
+    """Write uint8 RGB frames ([T, H, W, 3] or any iterable of [H, W, 3]) to an mp4 atomically (see
+    :class:`Mp4Writer`; ``lossless`` uses qp=0 in yuv444p)."""
+    with Mp4Writer(path, fps=fps, crf=crf, lossless=lossless) as w:
         for f in frames:
-            if (ph, pw) != (h, w):
-                f = np.pad(f, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    tmp.replace(path)
-    return path
+            w.write(f)
+    return Path(path)

@@ -69,8 +69,9 @@ def _features(cfg, device, num_frames: int):
 
 def run(cfg: DictConfig) -> dict:
     """Segment, write masks/overlay and (with ``gt_masks``) J&F; returns paths and the J&F summary."""
+    from dinotracker.data.video import Mp4Writer, list_frames, read_mask, write_mask
     from dinotracker.evaluation.davis import SequenceEvaluator, format_table, summarize, write_csv
-    from dinotracker.segtrack.io import Mp4Writer, list_images, overlay, read_mask, write_mask
+    from dinotracker.segtrack.io import overlay
     from dinotracker.segtrack.propagation import iter_segmentation
 
     device = resolve_device(cfg.device)
@@ -80,7 +81,7 @@ def run(cfg: DictConfig) -> dict:
         name = str(cfg.name)
     elif name.lower() in GENERIC_NAMES:  # judo/frames -> "judo"
         name = Path(str(cfg.video)).resolve().parent.name or name
-    gt_files = list_images(cfg.gt_masks) if cfg.gt_masks else None
+    gt_files = list_frames(cfg.gt_masks) if cfg.gt_masks else None
     if cfg.mask:
         first = read_mask(cfg.mask)
     elif gt_files is not None:

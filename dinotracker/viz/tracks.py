@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dinotracker.data.video import write_video
 from dinotracker.utils.arrays import to_numpy
 
 SUBPIX = 4  # cv2 fixed-point shift: draw at 1/16 px
@@ -131,45 +132,6 @@ def render_frames(
         yield img
 
 
-def write_mp4(path, frames_iter, fps: float = 10.0, crf: int = 20) -> Path:
-    """Encode RGB uint8 frames (an iterable) to an mp4 atomically; returns the path."""
-    import av
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix or '.mp4'}")
-    rate = max(1, int(round(float(fps))))
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = None
-            for f in frames_iter:
-                h, w = f.shape[:2]
-                ph, pw = h + h % 2, w + w % 2
-                if stream is None:
-                    try:
-                        stream = container.add_stream("libx264", rate=rate)
-                        stream.options = {"crf": str(crf)}
-                    except (av.error.FFmpegError, ValueError):  # UnknownCodecError is a ValueError
-                        stream = container.add_stream("mpeg4", rate=rate)
-                    stream.pix_fmt = "yuv420p"
-                    stream.width, stream.height = pw, ph
-                if (ph, pw) != (h, w):
-                    f = np.pad(f, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-                for packet in stream.encode(
-                    av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-                ):
-                    container.mux(packet)
-            if stream is None:
-                raise ValueError("no frames to write")
-            for packet in stream.encode():
-                container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def draw_tracks_video(
     path,
     frames,
@@ -197,7 +159,7 @@ def draw_tracks_video(
         gt_visible=gt_visible,
         query_frames=query_frames,
     )
-    return write_mp4(path, it, fps=fps)
+    return write_video(path, it, fps=fps, crf=20)
 
 
 def draw_tracks_grid(

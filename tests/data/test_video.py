@@ -120,9 +120,12 @@ def test_mask_errors(tmp_path):
     write_frames(tmp_path / "m2", _frames(t=2))
     with pytest.raises(VideoError, match="2 masks"):
         load_video(tmp_path / "f", masks=tmp_path / "m2")
-    write_frames(tmp_path / "m3", _frames(t=3, h=10))
+    write_frames(tmp_path / "m3", np.repeat(_frames(t=3, h=10)[..., :1] // 128 * 255, 3, -1))  # grey, 0/255
     with pytest.raises(VideoError, match="masks in"):
         load_video(tmp_path / "f", masks=tmp_path / "m3")
+    write_frames(tmp_path / "m4", _frames(t=3))  # colour photos are not masks
+    with pytest.raises(VideoError, match="DAVIS palette"):
+        load_video(tmp_path / "f", masks=tmp_path / "m4")
     with pytest.raises(VideoError, match="mask folder not found"):
         load_video(tmp_path / "f", masks=tmp_path / "nope")
 
@@ -136,3 +139,25 @@ def test_real_horsejump(shared_data):
 def test_real_mp4(shared_data):
     v = load_video(shared_data / "clips" / "apple.mp4", stride=10)
     assert v.hw == (720, 1296) and v.num_frames == 5 and v.source_num_frames == 50
+
+
+def test_mp4_writer_is_atomic_and_checks_frames(tmp_path):
+    from dinotracker.data.video import Mp4Writer
+
+    frames = _frames(t=3)
+    with pytest.raises(RuntimeError):
+        with Mp4Writer(tmp_path / "a.mp4", fps=5) as w:
+            w.write(frames[0])
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary file
+    with pytest.raises(ValueError, match="no frames"):
+        with Mp4Writer(tmp_path / "b.mp4"):
+            pass
+    with pytest.raises(ValueError, match="the video is"):
+        with Mp4Writer(tmp_path / "c.mp4") as w:
+            w.write(frames[0])
+            w.write(frames[1, :10])
+    with pytest.raises(ValueError, match="uint8"):
+        write_video(tmp_path / "d.mp4", frames.astype(np.float32))
+    assert list(tmp_path.iterdir()) == []
+    assert load_video(write_video(tmp_path / "e.mp4", iter(frames), fps=5)).num_frames == 3  # any iterable

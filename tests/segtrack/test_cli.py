@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dinotracker.data.video import list_frames, read_mask
 from dinotracker.evaluation.davis import evaluate_sequence, summarize
-from dinotracker.segtrack.io import list_images, read_mask
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def test_cli_on_judo(shared_data, tmp_path):
     ]
     res = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    masks = list_images(out / "masks")
+    masks = list_frames(out / "masks")
     assert [p.name for p in masks] == [f"{i:05d}.png" for i in range(6)]
     with Image.open(masks[3]) as im:
         assert im.mode == "P" and im.size == (854, 480)
@@ -103,7 +103,7 @@ def test_run_features_through_the_cli(shared_data, tmp_path, monkeypatch):
     from dinotracker.segtrack.__main__ import run
 
     judo = shared_data / "tapvid_davis_mini" / "judo"
-    n = len(list_images(judo / "frames"))
+    n = len(list_frames(judo / "frames"))
     torch.manual_seed(0)
     model_hw, grid = (64, 112), (15, 27)
     video = InferenceVideo(
@@ -127,7 +127,7 @@ def test_run_features_through_the_cli(shared_data, tmp_path, monkeypatch):
     cfg.neighborhood.size = 3
     res = run(cfg)
     assert calls == [str(tmp_path)]
-    assert res["num_frames"] == n and len(list_images(tmp_path / "masks")) == n
+    assert res["num_frames"] == n and len(list_frames(tmp_path / "masks")) == n
     assert 0.0 <= res["jf"]["global"]["J&F-Mean"] <= 1.0
     cfg.end = 5
     with pytest.raises(ValueError, match="own video"):

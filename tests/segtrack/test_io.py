@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinotracker.segtrack.io import FrameReader, Mp4Writer, davis_palette, overlay, read_mask, write_mask
+from dinotracker.data.video import Mp4Writer, davis_palette, read_mask, write_mask
+from dinotracker.segtrack.io import FrameReader, overlay
 
 
 def test_davis_palette_first_entries():

@@ -47,8 +47,19 @@ def collect(out: Path) -> list[dict]:
         m = json.loads(path.read_text())
         for method, vals in m["methods"].items():
             rows.append(dict(video=m["video"], method=method, **{k: vals.get(k) for k in METRICS},
-                             occlusion_bins=vals.get("occlusion_bins")))
+                             occlusion_bins=vals.get("occlusion_bins"), paper_reference=m.get("paper_reference")))
     return rows
+
+
+def paper_numbers(rows: list[dict], paper: dict) -> dict:
+    """The benchmark's published numbers per method, replaced by the experiment's own ``paper_reference``
+    (e.g. Tab. 2 "w/o L_prior" for ``experiment=ablation/no_prior``) when the fits carry one."""
+    out = {k: dict(v) for k, v in paper.items()}
+    for r in rows:
+        ref = r.get("paper_reference")
+        if ref:
+            out[ref.get("method", "dinotracker")] = {k: ref[k] for k in METRICS if ref.get(k) is not None}
+    return out
 
 
 def summarise(rows: list[dict], paper: dict, out: Path) -> str:
@@ -98,7 +109,7 @@ def run(cfg: DictConfig) -> None:
     if not rows:
         raise SystemExit(f"no finished videos under {out} (fit exited with {rc})")
     paper = cfg.benchmark.get("paper")
-    print(summarise(rows, OmegaConf.to_container(paper) if paper else {}, out))
+    print(summarise(rows, paper_numbers(rows, OmegaConf.to_container(paper) if paper else {}), out))
     if rc != 0:
         log.warning("some jobs failed (exit code %d); the summary covers the finished videos", rc)
 

@@ -55,6 +55,10 @@ def test_experiment_runs_two_steps(experiment, tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert {"dinotracker", "still"} <= set(m["methods"])
     assert metric is not None and 0.0 <= metric <= 1.0
+    if experiment.startswith(("ablation/", "layers/", "subsample/")):  # the paper's row for this setting
+        ref = m["paper_reference"]
+        assert ref["method"] in m["methods"] and 0.4 < ref["delta_avg"] < 0.9
+        assert f"Paper ({ref['label']}" in (run / "metrics.md").read_text()
 
 
 def test_subsampled_fit_tracks_every_frame(tmp_path):

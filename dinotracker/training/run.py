@@ -129,6 +129,14 @@ def metrics_table(methods: dict) -> str:
     return "\n".join(lines)
 
 
+def paper_line(ref: dict) -> str:
+    """One Markdown line with the paper's numbers for an experiment (``paper_reference``)."""
+    names = {"delta_avg": "δ_avg", "occlusion_accuracy": "OA", "average_jaccard": "AJ"}
+    vals = ", ".join(f"{n} {100 * float(ref[k]):.1f}" for k, n in names.items() if ref.get(k) is not None)
+    return (f"Paper ({ref.get('label', '?')}, method `{ref.get('method', 'dinotracker')}`, full TAP-Vid-DAVIS-480): "
+            f"{vals}")
+
+
 def fit_video(cfg: DictConfig) -> float | None:
     """The whole ``fit`` job for one video (see the module docstring). Returns the optimised metric."""
     import lightning as L
@@ -280,8 +288,13 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     methods = evaluate_methods(preds, gt, video.hw, str(cfg.evaluate.query_mode))
     results = dict(video=video.name, query_mode=str(cfg.evaluate.query_mode), num_queries=int(len(queries)),
                    num_frames=shown.num_frames, fitted_frames=video.num_frames, methods=methods)
+    ref = cfg.get("paper_reference")
+    if ref:
+        results["paper_reference"] = OmegaConf.to_container(ref, resolve=True)
     write_json(out / "metrics.json", results)
     table = metrics_table(methods)
+    if ref:
+        table += "\n\n" + paper_line(results["paper_reference"])
     (out / "metrics.md").write_text(f"# {video.name} ({len(queries)} ground-truth tracks, "
                                     f"query mode {cfg.evaluate.query_mode})\n\n{table}\n")
     log.info("TAP-Vid metrics (%%):\n%s", table)

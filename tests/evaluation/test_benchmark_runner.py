@@ -36,3 +36,19 @@ def test_benchmark_runs_summarises_and_skips(tmp_path, launcher, tiny_fit_overri
     r = _bench(tmp_path, launcher, tiny_fit_overrides)  # again: both videos are skipped, metrics untouched
     assert r.returncode == 0, r.stderr[-3000:]
     assert {p: p.stat().st_mtime for p in out.glob("*/metrics.json")} == stamp
+
+
+def test_paper_numbers_follow_the_experiment():
+    from dinotracker.benchmark import paper_numbers
+
+    paper = {"dinotracker": {"delta_avg": 0.804, "occlusion_accuracy": 0.881, "average_jaccard": 0.646}}
+    rows = [dict(video="a", method="dinotracker", paper_reference=None)]
+    assert paper_numbers(rows, paper) == paper
+    ref = {"label": "Tab. 2 w/o L_prior", "method": "dinotracker", "delta_avg": 0.792, "occlusion_accuracy": 0.848,
+           "average_jaccard": 0.61}
+    rows = [dict(video="a", method="dinotracker", paper_reference=ref)]
+    assert paper_numbers(rows, paper)["dinotracker"] == {"delta_avg": 0.792, "occlusion_accuracy": 0.848,
+                                                         "average_jaccard": 0.61}
+    raw = {"label": "Tab. 3", "method": "raw_dino", "delta_avg": 0.647}
+    got = paper_numbers([dict(video="a", method="raw_dino", paper_reference=raw)], paper)
+    assert got["raw_dino"] == {"delta_avg": 0.647} and got["dinotracker"] == paper["dinotracker"]

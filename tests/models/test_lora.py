@@ -59,21 +59,26 @@ def test_features_start_equal_to_the_frozen_backbone():
     assert torch.equal(lora(x), ref)  # PEFT's B = 0: an exact zero update
 
 
-def test_features_equal_a_backbone_with_merged_low_rank_weights():
-    """Independent reference: W' = W + (alpha / r) B A on the adapted qkv, plain forward (eval: no dropout)."""
+@pytest.mark.parametrize("name", ["dinov2_vits14", "dinov3_vits16"])
+@pytest.mark.parametrize("facet", ["tokens", "values"])
+def test_features_equal_a_backbone_with_merged_low_rank_weights(name, facet):
+    """Independent reference: W' = W + (alpha / r) B A on the adapted qkv, plain forward (eval: no dropout).
+    DINOv3 adds RoPE and a masked key bias on the same qkv linear."""
     torch.manual_seed(0)
-    lora = LoRAFeatures(_backbone(), layer=LAYER, blocks=[0, 2], rank=4, alpha=2.0).eval()
+    tiny = TINY if name.startswith("dinov2") else dict(depth=4, embed_dim=32, num_heads=2)
+    make = lambda: build_backbone(name, source="random", stride=8 if name.startswith("dinov3") else 7, **tiny)  # noqa: E731
+    lora = LoRAFeatures(make(), layer=LAYER, facet=facet, blocks=[0, 2], rank=4, alpha=2.0).eval()
     for p in lora.parameters():
         p.data.normal_(0, 0.3)
-    merged = _backbone()
+    merged = make()
     with torch.no_grad():
         for b in (0, 2):
             key = f"blocks_{b}_attn_qkv"
             a, bb = lora.lora_A[key].weight, lora.lora_B[key].weight  # [r, C], [3C, r]
             merged.blocks[b].attn.qkv.weight += (2.0 / 4) * bb @ a
-    x = _images()
-    ours, ref = lora(x), merged.extract(x, [LAYER])[LAYER]
-    assert not torch.allclose(ref, _backbone().extract(x, [LAYER])[LAYER], atol=1e-3)  # the update matters
+    x = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(0)) if name.startswith("dinov3") else _images()
+    ours, ref = lora(x), merged.extract(x, [LAYER], facet)[LAYER]
+    assert not torch.allclose(ref, make().extract(x, [LAYER], facet)[LAYER], atol=1e-3)  # the update matters
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     assert lora.scaling == 0.5
 

@@ -50,6 +50,37 @@ def sample_points(maps: torch.Tensor, frame_index: torch.Tensor, xy: torch.Tenso
     return out
 
 
+def point_rows(maps: torch.Tensor) -> torch.Tensor:
+    """maps [F, C, h, w] -> channels-last rows [F*h*w, C] for :func:`gather_points`."""
+    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
+
+
+def gather_points(rows: torch.Tensor, grid_hw: tuple[int, int], frame_index: torch.Tensor, xy: torch.Tensor,
+                  patch: int, stride: int) -> torch.Tensor:
+    """Bilinear patch-grid features of points, as ``sample_points`` (align-corners on the patch
+    centres, border padding), from rows [F*h*w, C] -> [M, C].
+
+    Same values as :func:`dinotracker.models.tracker.sample_points`, but built from row gathers:
+    its backward is an ``index_add`` over C-contiguous rows instead of ``grid_sample``'s backward,
+    which parallelises over points only and loops over the 1024 channels with atomics (~1 ms per
+    call at the paper shape; the profile's top kernel). One call serves all frames.
+    """
+    h, w = grid_hw
+    c = patch / 2.0
+    u = ((xy[:, 0].float() - c) / stride).clamp(0, w - 1)
+    v = ((xy[:, 1].float() - c) / stride).clamp(0, h - 1)
+    x0 = u.floor().clamp(max=max(w - 2, 0)).long()
+    y0 = v.floor().clamp(max=max(h - 2, 0)).long()
+    fx, fy = (u - x0).unsqueeze(1), (v - y0).unsqueeze(1)
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    base = frame_index.long() * (h * w)
+    r = rows
+    f00, f01 = r[base + y0 * w + x0], r[base + y0 * w + x1]
+    f10, f11 = r[base + y1 * w + x0], r[base + y1 * w + x1]
+    out = (f00 * (1 - fx) + f01 * fx) * (1 - fy) + (f10 * (1 - fx) + f11 * fx) * fy
+    return out
+
+
 def cosine_cost_volume(query: torch.Tensor, target_maps: torch.Tensor, eps: float = 1e-8,
                        target_normalized: bool = False,
                        target_index: torch.Tensor | None = None) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from dinotracker.geometry import patch_center_grid
-from dinotracker.models.tracker import sample_points
+from dinotracker.models.tracker import gather_points, sample_points
 
 COS_EPS = 1e-8
 
@@ -120,7 +120,7 @@ def _resolve_maps(target_maps: torch.Tensor, map_index: torch.Tensor | None, m: 
 
 def info_nce_terms(query_features: torch.Tensor, target_maps: torch.Tensor, target_xy: torch.Tensor,
                    patch: int, stride: int, temperature: float = 0.1,
-                   map_index: torch.Tensor | None = None) -> torch.Tensor:
+                   map_index: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pair InfoNCE l [M] (paper Sec. 3.3): ``-log exp(cos(q, f_t)/τ) / Σ_n exp(cos(q, T[n])/τ)``.
 
     query_features [M, C] (the source point's feature); target_maps [M, C, h, w], or [C, h, w]
@@ -128,7 +128,8 @@ def info_nce_terms(query_features: torch.Tensor, target_maps: torch.Tensor, targ
     ``f_t`` is the target map bilinearly sampled at target_xy (the cell itself for BB pairs,
     which sit on patch centres); the denominator runs over all h*w cells, including the
     positive, as in the paper and the reference. Computed with logsumexp (the reference's
-    ``-log(exp/Σexp)`` is the same value, less stable).
+    ``-log(exp/Σexp)`` is the same value, less stable). ``rows`` (:func:`point_rows` of the [F, C, h, w]
+    maps) samples f_t with :func:`gather_points` (same values, a row-gather backward).
     """
     if query_features.dim() != 2:
         raise ValueError(f"query_features must be [M, C], got {tuple(query_features.shape)}")
@@ -143,7 +144,7 @@ def info_nce_terms(query_features: torch.Tensor, target_maps: torch.Tensor, targ
         raise ValueError(f"channel mismatch: query C={query_features.shape[1]}, maps C={maps.shape[1]}")
     if m == 0:
         return query_features.new_zeros(0, dtype=torch.float32)
-    pos_f = sample_points(maps, idx, target_xy, patch, stride).float()
+    pos_f = _sample(maps, idx, target_xy, patch, stride, rows).float()
     q = query_features.float()
     pos = (q * pos_f).sum(-1) / (q.norm(dim=-1) * pos_f.norm(dim=-1)).clamp_min(COS_EPS)
     logits = _pair_cosines(query_features, maps, idx) / temperature
@@ -176,7 +177,14 @@ def info_nce_loss(query_features: torch.Tensor, target_maps: torch.Tensor, targe
     return _reduce(terms, weights, divisor)
 
 
-def _symmetric_bb(maps, src_index, src_xy, dst_index, dst_xy, weights, patch, stride, temperature, divisor):
+def _sample(maps, index, xy, patch, stride, rows):
+    if rows is None:
+        return sample_points(maps, index, xy, patch, stride)
+    return gather_points(rows, tuple(maps.shape[-2:]), index, xy, patch, stride)
+
+
+def _symmetric_bb(maps, src_index, src_xy, dst_index, dst_xy, weights, patch, stride, temperature, divisor,
+                  rows=None):
     for name, t in (("src_xy", src_xy), ("dst_xy", dst_xy)):
         _check_xy(name, t)
     m = src_xy.shape[0]
@@ -186,10 +194,10 @@ def _symmetric_bb(maps, src_index, src_xy, dst_index, dst_xy, weights, patch, st
                          f"{tuple(src_xy.shape)}, {tuple(dst_xy.shape)}")
     if m == 0:
         return maps.sum() * 0.0
-    f_src = sample_points(maps, src_index.long(), src_xy, patch, stride)
-    f_dst = sample_points(maps, dst_index.long(), dst_xy, patch, stride)
-    l_st = info_nce_terms(f_src, maps, dst_xy, patch, stride, temperature, dst_index.long())
-    l_ts = info_nce_terms(f_dst, maps, src_xy, patch, stride, temperature, src_index.long())
+    f_src = _sample(maps, src_index.long(), src_xy, patch, stride, rows)
+    f_dst = _sample(maps, dst_index.long(), dst_xy, patch, stride, rows)
+    l_st = info_nce_terms(f_src, maps, dst_xy, patch, stride, temperature, dst_index.long(), rows)
+    l_ts = info_nce_terms(f_dst, maps, src_xy, patch, stride, temperature, src_index.long(), rows)
     return 0.5 * (_reduce(l_st, weights, divisor) + _reduce(l_ts, weights, divisor))
 
 
@@ -204,7 +212,8 @@ def dino_bb_weights(ratio: torch.Tensor, cos: torch.Tensor, a: float = 27.0, b: 
 
 def dino_bb_loss(maps: torch.Tensor, src_index: torch.Tensor, src_xy: torch.Tensor, dst_index: torch.Tensor,
                  dst_xy: torch.Tensor, weights: torch.Tensor | None, patch: int, stride: int,
-                 temperature: float = 0.1, divisor: float | None = 700.0) -> torch.Tensor:
+                 temperature: float = 0.1, divisor: float | None = 700.0,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
     """DINO best-buddies contrastive loss (spec §4.3.2).
 
     maps [F, C, h, w] refined features of the frame set (with grad); src_index/dst_index int
@@ -212,15 +221,16 @@ def dino_bb_loss(maps: torch.Tensor, src_index: torch.Tensor, src_xy: torch.Tens
     (:func:`dino_bb_weights`, e.g. ``BestBuddies.weight``). Returns
     ``(Σ w l_st / divisor + Σ w l_ts / divisor) / 2`` (reference, divisor 700) or, with
     ``divisor=None``, ``mean(½ w (l_st + l_ts))`` (paper). l_st is InfoNCE of the source
-    feature against every cell of the target frame, l_ts the reverse.
+    feature against every cell of the target frame, l_ts the reverse. ``rows``: see :func:`info_nce_terms`.
     """
     return _symmetric_bb(maps, src_index, src_xy, dst_index, dst_xy, weights, patch, stride, temperature,
-                         divisor)
+                         divisor, rows)
 
 
 def refined_bb_loss(maps: torch.Tensor, src_index: torch.Tensor, src_xy: torch.Tensor,
                     dst_index: torch.Tensor, dst_xy: torch.Tensor, affinity: torch.Tensor, patch: int,
-                    stride: int, temperature: float = 0.1, divisor: float | None = 900.0) -> torch.Tensor:
+                    stride: int, temperature: float = 0.1, divisor: float | None = 900.0,
+                    rows: torch.Tensor | None = None) -> torch.Tensor:
     """Refined best-buddies contrastive loss (spec §4.3.3).
 
     Same inputs as :func:`dino_bb_loss`, with ``affinity`` [M] the refined cosine of each pair
@@ -228,7 +238,7 @@ def refined_bb_loss(maps: torch.Tensor, src_index: torch.Tensor, src_xy: torch.T
     ``Σ w (l_st + l_ts) / (2 · divisor)`` (reference, 900) or the paper's mean (divisor None).
     """
     w = torch.clamp(2.0 * affinity.detach().float() ** 3, min=0.0)
-    return _symmetric_bb(maps, src_index, src_xy, dst_index, dst_xy, w, patch, stride, temperature, divisor)
+    return _symmetric_bb(maps, src_index, src_xy, dst_index, dst_xy, w, patch, stride, temperature, divisor, rows)
 
 
 class BestBuddyPairs(NamedTuple):

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from dinotracker.models.lora import LORA_DEFAULTS, LORA_FEATURE_KEYS
-from dinotracker.models.tracker import DinoTracker
+from dinotracker.models.tracker import DinoTracker, gather_points, point_rows
 from dinotracker.preprocessing.types import PreprocessedVideo
 from dinotracker.training import losses as LS
 from dinotracker.training.sampler import Batch, Correspondences, select_region_pairs
@@ -111,37 +111,6 @@ class StepDecay:
 class Constant:
     def __call__(self, step: int) -> float:
         return 1.0
-
-
-def point_rows(maps: torch.Tensor) -> torch.Tensor:
-    """maps [F, C, h, w] -> channels-last rows [F*h*w, C] for :func:`gather_points`."""
-    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
-
-
-def gather_points(rows: torch.Tensor, grid_hw: tuple[int, int], frame_index: torch.Tensor, xy: torch.Tensor,
-                  patch: int, stride: int) -> torch.Tensor:
-    """Bilinear patch-grid features of points, as ``sample_points`` (align-corners on the patch
-    centres, border padding), from rows [F*h*w, C] -> [M, C].
-
-    Same values as :func:`dinotracker.models.tracker.sample_points`, but built from row gathers:
-    its backward is an ``index_add`` over C-contiguous rows instead of ``grid_sample``'s backward,
-    which parallelises over points only and loops over the 1024 channels with atomics (~1 ms per
-    call at the paper shape; the profile's top kernel). One call serves all frames.
-    """
-    h, w = grid_hw
-    c = patch / 2.0
-    u = ((xy[:, 0].float() - c) / stride).clamp(0, w - 1)
-    v = ((xy[:, 1].float() - c) / stride).clamp(0, h - 1)
-    x0 = u.floor().clamp(max=max(w - 2, 0)).long()
-    y0 = v.floor().clamp(max=max(h - 2, 0)).long()
-    fx, fy = (u - x0).unsqueeze(1), (v - y0).unsqueeze(1)
-    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
-    base = frame_index.long() * (h * w)
-    r = rows
-    f00, f01 = r[base + y0 * w + x0], r[base + y0 * w + x1]
-    f10, f11 = r[base + y1 * w + x0], r[base + y1 * w + x1]
-    out = (f00 * (1 - fx) + f01 * fx) * (1 - fy) + (f10 * (1 - fx) + f11 * fx) * fy
-    return out
 
 
 class DinoTrackerModule(L.LightningModule):
@@ -328,7 +297,7 @@ class DinoTrackerModule(L.LightningModule):
         slots = batch.frames
         raw = self.features[slots]
         maps = self.refine(slots)  # [F, C, h, w], the only Delta-DINO forward with grad
-        rows = point_rows(maps)  # shared by the flow and cycle point sampling
+        rows = point_rows(maps)  # shared by every loss's point sampling
         total = maps.new_zeros((), dtype=torch.float32)
         terms: dict[str, torch.Tensor] = {}
         p, s = self.patch, self.stride
@@ -345,7 +314,7 @@ class DinoTrackerModule(L.LightningModule):
         if self._active("dino_bb", step) and len(bb):
             c = lc["dino_bb"]
             v = LS.dino_bb_loss(maps, bb.src_slot, bb.src_xy, bb.dst_slot, bb.dst_xy, bb.weight, p, s,
-                                c["temperature"], c["divisor"])
+                                c["temperature"], c["divisor"], rows=rows)
             total = total + c["weight"] * v
             terms["dino_bb"] = v.detach()
 
@@ -359,7 +328,7 @@ class DinoTrackerModule(L.LightningModule):
             c = lc["refined_bb"]
             pairs = self._refined_pairs(maps, batch)
             v = LS.refined_bb_loss(maps, pairs.src_slot, pairs.src_xy, pairs.dst_slot, pairs.dst_xy,
-                                   pairs.weight, p, s, c["temperature"], c["divisor"])
+                                   pairs.weight, p, s, c["temperature"], c["divisor"], rows=rows)
             total = total + c["weight"] * v
             terms["refined_bb"] = v.detach()
             terms["refined_bb_pairs"] = torch.tensor(float(len(pairs)), device=total.device)

@@ -9,6 +9,8 @@ Shapes (random frames/features/tracks/best buddies of the right sizes; content i
 * ``paper``: C=1024, 476x854, 67x121 grid, 512 / 1024 / 1024 pairs (the reference).
 
 Rows (all losses active, EMA cycle labels, 4 frame pairs, <= 8 frames per step):
+* DINO-BB loss: point sampling with ``grid_sample`` (its backward loops over channels with atomics) vs
+  row gathers from the channels-last rows the step builds once (``gather_points``), same values.
 * sampler: our vectorised :class:`CorrespondenceSampler` vs a reference-style per-point loop
   sampler (same algorithm: multinomial per flow point, Python index lookups per point).
 * step (CPU): vectorised sampler + our step vs per-point-loop sampler + our step.
@@ -224,6 +226,34 @@ def time_module_steps(m, sampler, dev, steps: int, warmup: int, mixed: bool) -> 
     return dt * 1e3, peak
 
 
+def time_bb_loss(video, dev, pairs: int, use_rows: bool, repeats: int = 3) -> tuple[float, float]:
+    """DINO-BB loss forward + backward on 8 frames' maps: grid_sample point sampling (baseline) vs row gathers
+    from the channels-last rows the step already builds (ours). Median ms, peak MB."""
+    from dinotracker.models.tracker import point_rows
+    from dinotracker.training.losses import dino_bb_loss
+
+    g = torch.Generator().manual_seed(0)
+    f = min(8, video.num_frames)
+    maps0 = video.features[:f].float().to(dev)
+    gh, gw = video.grid_hw
+    idx = [torch.randint(0, f, (pairs,), generator=g).to(dev) for _ in range(2)]
+    s, c = video.stride, video.patch / 2
+    xy = [torch.stack([torch.randint(0, gw, (pairs,), generator=g) * s + c,
+                       torch.randint(0, gh, (pairs,), generator=g) * s + c], -1).float().to(dev) for _ in range(2)]
+    wts = torch.rand(pairs, generator=g).to(dev)
+    times = []
+    with PeakMemory() as pm:
+        for _ in range(repeats):
+            maps = maps0.clone().requires_grad_(True)
+            rows = point_rows(maps) if use_rows else None
+            sync(dev)
+            t0 = time.perf_counter()
+            dino_bb_loss(maps, idx[0], xy[0], idx[1], xy[1], wts, video.patch, video.stride, rows=rows).backward()
+            sync(dev)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3, pm.peak_mb
+
+
 def row(name, base, ours, unit_mem):
     (tb, mb), (to, mo) = base, ours
     print(f"| {name} | {tb:.1f} | {to:.1f} | {tb / to:.2f}x | {mb:.0f} | {mo:.0f} | {unit_mem} |")
@@ -241,6 +271,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 0 on CPU, 2 on CUDA)")
     ap.add_argument("--sampler-steps", type=int, default=20)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd Delta-DINO (CUDA)")
+    ap.add_argument("--no-steps", action="store_true", help="only the sampler and loss rows (no full steps)")
     args = ap.parse_args()
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(auto if args.device == "auto" else args.device)
@@ -266,6 +297,10 @@ def main():
         print("|---|---|---|---|---|---|---|")
         row("sampler (per-point loop vs vectorised)", time_sampler(loop, args.sampler_steps),
             time_sampler(vec, args.sampler_steps), "host RSS MB")
+        row(f"DINO-BB loss fwd+bwd, {bp} pairs (grid_sample vs row-gather sampling)",
+            time_bb_loss(video, dev, bp, False), time_bb_loss(video, dev, bp, True), "host RSS MB")
+        if args.no_steps:
+            continue
         if dev.type == "cpu":
             base = time_steps(video, loop, dev, args.steps, args.warmup, False, False, False)
             ours = time_steps(video, vec, dev, args.steps, args.warmup, False, False, False)

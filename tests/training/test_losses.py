@@ -118,6 +118,22 @@ def test_dino_bb_loss_matches_reference_formula():
     assert got_paper.item() == pytest.approx(paper, rel=1e-5)
 
 
+def test_bb_losses_with_point_rows_equal_grid_sample_sampling():
+    """The module passes point_rows(maps): same loss and gradient as grid_sample sampling, off-centre points too."""
+    from dinotracker.models.tracker import point_rows
+
+    maps, si, di, _, _, sxy, dxy = _bb_case(2)
+    maps = maps.clone().requires_grad_(True)
+    sxy, dxy = sxy + 0.3, dxy - 0.7  # off the patch centres: real bilinear weights
+    w = torch.tensor([0.3, 1.2, 0.7])
+    for fn, extra in ((dino_bb_loss, w), (refined_bb_loss, w.clamp(max=1.0))):
+        ref = fn(maps, si, sxy, di, dxy, extra, 2, 2)
+        got = fn(maps, si, sxy, di, dxy, extra, 2, 2, rows=point_rows(maps))
+        (g_ref,), (g_got,) = torch.autograd.grad(ref, maps), torch.autograd.grad(got, maps)
+        assert got.item() == pytest.approx(ref.item(), rel=1e-5)  # the losses work in fp32
+        torch.testing.assert_close(g_got, g_ref, rtol=1e-4, atol=1e-7)
+
+
 def test_refined_bb_loss_weights_from_affinity():
     maps, si, di, src_rc, dst_rc, sxy, dxy = _bb_case(1)
     maps.requires_grad_(True)

@@ -191,8 +191,7 @@ def test_callbacks_write_pngs(video, tmp_path):
 
 
 def test_gather_points_matches_grid_sample_sampling():
-    from dinotracker.models.tracker import sample_points
-    from dinotracker.training.module import gather_points, point_rows
+    from dinotracker.models.tracker import gather_points, point_rows, sample_points
 
     g = torch.Generator().manual_seed(0)
     maps = torch.randn(3, 5, 7, 9, generator=g, dtype=torch.float64, requires_grad=True)

@@ -81,6 +81,15 @@ def gather_points(rows: torch.Tensor, grid_hw: tuple[int, int], frame_index: tor
     return out
 
 
+def point_features(maps: torch.Tensor, frame_index: torch.Tensor, xy: torch.Tensor, patch: int, stride: int,
+                   rows: torch.Tensor | None = None) -> torch.Tensor:
+    """maps [F, C, h, w], frame_index [M], xy [M, 2] -> [M, C]: :func:`gather_points` from ``rows``
+    (:func:`point_rows` of ``maps``, built once per step) when given, else :func:`sample_points`."""
+    if rows is None:
+        return sample_points(maps, frame_index, xy, patch, stride)
+    return gather_points(rows, tuple(maps.shape[-2:]), frame_index, xy, patch, stride)
+
+
 def cosine_cost_volume(query: torch.Tensor, target_maps: torch.Tensor, eps: float = 1e-8,
                        target_normalized: bool = False,
                        target_index: torch.Tensor | None = None) -> torch.Tensor:

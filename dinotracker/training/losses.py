@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from dinotracker.geometry import patch_center_grid
-from dinotracker.models.tracker import gather_points, sample_points
+from dinotracker.models.tracker import point_features
 
 COS_EPS = 1e-8
 
@@ -144,7 +144,7 @@ def info_nce_terms(query_features: torch.Tensor, target_maps: torch.Tensor, targ
         raise ValueError(f"channel mismatch: query C={query_features.shape[1]}, maps C={maps.shape[1]}")
     if m == 0:
         return query_features.new_zeros(0, dtype=torch.float32)
-    pos_f = _sample(maps, idx, target_xy, patch, stride, rows).float()
+    pos_f = point_features(maps, idx, target_xy, patch, stride, rows).float()
     q = query_features.float()
     pos = (q * pos_f).sum(-1) / (q.norm(dim=-1) * pos_f.norm(dim=-1)).clamp_min(COS_EPS)
     logits = _pair_cosines(query_features, maps, idx) / temperature
@@ -177,12 +177,6 @@ def info_nce_loss(query_features: torch.Tensor, target_maps: torch.Tensor, targe
     return _reduce(terms, weights, divisor)
 
 
-def _sample(maps, index, xy, patch, stride, rows):
-    if rows is None:
-        return sample_points(maps, index, xy, patch, stride)
-    return gather_points(rows, tuple(maps.shape[-2:]), index, xy, patch, stride)
-
-
 def _symmetric_bb(maps, src_index, src_xy, dst_index, dst_xy, weights, patch, stride, temperature, divisor,
                   rows=None):
     for name, t in (("src_xy", src_xy), ("dst_xy", dst_xy)):
@@ -194,8 +188,8 @@ def _symmetric_bb(maps, src_index, src_xy, dst_index, dst_xy, weights, patch, st
                          f"{tuple(src_xy.shape)}, {tuple(dst_xy.shape)}")
     if m == 0:
         return maps.sum() * 0.0
-    f_src = _sample(maps, src_index.long(), src_xy, patch, stride, rows)
-    f_dst = _sample(maps, dst_index.long(), dst_xy, patch, stride, rows)
+    f_src = point_features(maps, src_index.long(), src_xy, patch, stride, rows)
+    f_dst = point_features(maps, dst_index.long(), dst_xy, patch, stride, rows)
     l_st = info_nce_terms(f_src, maps, dst_xy, patch, stride, temperature, dst_index.long(), rows)
     l_ts = info_nce_terms(f_dst, maps, src_xy, patch, stride, temperature, src_index.long(), rows)
     return 0.5 * (_reduce(l_st, weights, divisor) + _reduce(l_ts, weights, divisor))

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from dinotracker.models.lora import LORA_DEFAULTS, LORA_FEATURE_KEYS
-from dinotracker.models.tracker import DinoTracker, gather_points, point_rows
+from dinotracker.models.tracker import DinoTracker, point_features, point_rows
 from dinotracker.preprocessing.types import PreprocessedVideo
 from dinotracker.training import losses as LS
 from dinotracker.training.sampler import Batch, Correspondences, select_region_pairs
@@ -235,12 +235,9 @@ class DinoTrackerModule(L.LightningModule):
               dst: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Predict raster xy [M, 2] in ``maps[dst]`` of points ``xy`` [M, 2] of ``maps[src]`` (int [M]).
 
-        ``rows`` (:func:`point_rows` of ``maps``) switches the query sampling to :func:`gather_points`.
+        ``rows`` (:func:`point_rows` of ``maps``): see :func:`point_features`.
         """
-        if rows is None:
-            q = tracker.sample_points(maps, src, xy)
-        else:
-            q = gather_points(rows, tuple(maps.shape[-2:]), src, xy, self.patch, self.stride)
+        q = point_features(maps, src, xy, self.patch, self.stride, rows)
         return tracker(q, maps, target_index=dst)[0]
 
     @torch.no_grad()

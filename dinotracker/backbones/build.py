@@ -288,6 +288,26 @@ def build_backbone(
     return _finish(model, stride, device)
 
 
+def backbone_spec(cfg) -> dict:
+    """:func:`build_backbone` kwargs (``name``, ``stride``, and ``weights``/``source`` unless ``none``) of a
+    ``backbone`` config: what preprocessing builds the cached features with, and what a LoRA tracker saves
+    in ``tracker.pt`` to rebuild the same backbone."""
+    spec = dict(name=str(cfg.name), stride=int(cfg.stride))
+    if spec["name"] != "none":
+        weights = cfg.get("weights")
+        spec.update(weights=None if weights is None else str(weights), source=str(cfg.get("source") or "auto"))
+    return spec
+
+
+def build_from_spec(spec: dict | None, device="cpu") -> Backbone:
+    """The frozen backbone of a :func:`backbone_spec` dict."""
+    if not spec or not spec.get("name"):
+        raise ValueError("no backbone spec (a LoRA tracker's file names none): pass backbone=<the backbone it was "
+                         "fitted on>")
+    spec = dict(spec)
+    return build_backbone(spec.pop("name"), device=device, **spec)
+
+
 def _finish(model: Backbone, stride, device) -> Backbone:
     if stride is not None:
         model.set_stride(int(stride))

@@ -250,11 +250,10 @@ def _extract_features(frames, backbone_cfg, device, need_saliency, mask_layer, p
             small = torch.nn.functional.interpolate(frames.float() / 255.0, size=(gh, gw), mode="area")
             out["saliency_features"] = small.half().numpy()
         return out, {"backbone": "none"}
-    from dinotracker.backbones import build_backbone
+    from dinotracker.backbones import backbone_spec, build_from_spec
     from dinotracker.preprocessing.features import extract_video_features
 
-    backbone = build_backbone(name, weights=backbone_cfg.weights, source=backbone_cfg.source or "auto",
-                              stride=stride, device=device)
+    backbone = build_from_spec(backbone_spec(backbone_cfg), device=device)
     feats = extract_video_features(backbone, frames, layer=int(backbone_cfg.layer), facet=str(backbone_cfg.facet),
                                    batch_size=int(backbone_cfg.batch_size), device=device, progress=progress)
     out = {"features": feats.cpu().numpy()}

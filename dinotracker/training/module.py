@@ -43,6 +43,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from dinotracker.backbones import build_from_spec
 from dinotracker.models.lora import LORA_DEFAULTS, LORA_FEATURE_KEYS
 from dinotracker.models.tracker import DinoTracker, point_features, point_rows
 from dinotracker.preprocessing.types import PreprocessedVideo
@@ -479,7 +480,7 @@ def load_exported(path, map_location="cpu", use_ema: bool = False, backbone: nn.
     """Rebuild the :class:`DinoTracker` written by :meth:`DinoTrackerModule.export` (eval mode).
 
     A LoRA tracker needs its backbone: ``backbone`` or, when None, one rebuilt from the file's
-    ``backbone`` spec (:func:`build_backbone_from_spec`)."""
+    ``backbone`` spec (:func:`dinotracker.backbones.build_from_spec`)."""
     d = torch.load(path, map_location=map_location, weights_only=True)
     m = tracker_from_export(d, use_ema=use_ema, backbone=backbone)
     return m.eval()
@@ -493,17 +494,7 @@ def tracker_from_export(d: dict, use_ema: bool = False, backbone: nn.Module | No
         kw["delta_channels"] = tuple(kw["delta_channels"])
     m = DinoTracker(**kw)
     if m.lora_options is not None:
-        m.attach_backbone(backbone if backbone is not None else build_backbone_from_spec(d.get("backbone")))
+        m.attach_backbone(backbone if backbone is not None else build_from_spec(d.get("backbone")))
     sd = d["ema_state_dict"] if use_ema and d.get("ema_state_dict") is not None else d["state_dict"]
     m.load_state_dict(sd)
     return m
-
-
-def build_backbone_from_spec(spec: dict | None) -> nn.Module:
-    """The frozen backbone of an export's ``backbone`` spec (``build_backbone`` kwargs), on CPU."""
-    from dinotracker.backbones import build_backbone
-
-    if not spec or not spec.get("name"):
-        raise ValueError("this LoRA tracker's file names no backbone: pass backbone=<the backbone it was fitted on>")
-    spec = dict(spec)
-    return build_backbone(spec.pop("name"), **spec)

@@ -186,6 +186,7 @@ def _optimised(results: dict, cfg) -> float | None:
 
 def build_training(pre, cfg):
     """The LightningModule and DataModule for ``pre`` from the ``model``/``loss``/``optim``/``data`` configs."""
+    from dinotracker.backbones import backbone_spec, build_from_spec
     from dinotracker.training.datamodule import CorrespondenceDataModule
     from dinotracker.training.module import DinoTrackerModule
 
@@ -203,24 +204,13 @@ def build_training(pre, cfg):
         # paper Tab. 2 "LoRA tune": the backbone runs in the training loop with adapters instead of Delta-DINO
         if str(cfg.backbone.name) == "none":
             raise ValueError("model.lora needs a DINO backbone (backbone=none has no weights to tune)")
-        from dinotracker.training.module import build_backbone_from_spec
-
-        backbone = build_backbone_from_spec(spec)
+        backbone = build_from_spec(spec)
         model["lora"]["layer"] = int(cfg.backbone.layer) if model["lora"]["layer"] is None else model["lora"]["layer"]
         model["lora"]["facet"] = str(cfg.backbone.facet) if model["lora"]["facet"] is None else model["lora"]["facet"]
     module = DinoTrackerModule(pre, model=model, loss=loss, optim=optim, backbone=backbone, backbone_spec=spec,
                                seed=int(cfg.seed))
     datamodule = CorrespondenceDataModule(pre, seed=int(cfg.seed), **OmegaConf.to_container(cfg.data, resolve=True))
     return module, datamodule
-
-
-def backbone_spec(bcfg) -> dict:
-    """``build_backbone`` kwargs of the ``backbone`` config (saved in tracker.pt to rebuild a LoRA tracker)."""
-    spec = dict(name=str(bcfg.name), stride=int(bcfg.stride))
-    if spec["name"] != "none":
-        spec.update(weights=None if bcfg.get("weights") is None else str(bcfg.weights),
-                    source=str(bcfg.get("source") or "auto"))
-    return spec
 
 
 def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:

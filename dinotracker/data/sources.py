@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dinotracker.data.video import Video, VideoError, load_video
+from dinotracker.utils.arrays import read_npz
 
 
 @dataclass
@@ -38,21 +39,10 @@ def read_gt_npz(path) -> dict:
     """The arrays of a ``gt.npz`` (TAP-Vid folder layout): ``points_xy`` [N,T,2] (x, y) px, ``occluded`` [N,T]
     bool, ``query_frame`` [N] int or None, ``hw`` (height, width) or None. FileNotFoundError when missing,
     :class:`VideoError` (a ValueError) when unreadable or incomplete."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ground truth file not found: {path}")
-    try:
-        z = np.load(path)
-    except (OSError, ValueError) as err:
-        raise VideoError(f"{path} is not a readable .npz ({err})") from err
-    with z:
-        missing = [k for k in ("points_xy", "occluded") if k not in z.files]
-        if missing:
-            raise VideoError(f"{path} lacks {missing} (has {z.files}); it needs 'points_xy' [N,T,2] and "
-                             "'occluded' [N,T]")
-        return dict(points_xy=z["points_xy"].astype(np.float32), occluded=z["occluded"].astype(bool),
-                    query_frame=z["query_frame"].astype(np.int64) if "query_frame" in z.files else None,
-                    hw=(int(z["height"]), int(z["width"])) if {"height", "width"} <= set(z.files) else None)
+    z = read_npz(path, ("points_xy", "occluded"), "ground truth file", VideoError)
+    return dict(points_xy=z["points_xy"].astype(np.float32), occluded=z["occluded"].astype(bool),
+                query_frame=z["query_frame"].astype(np.int64) if "query_frame" in z else None,
+                hw=(int(z["height"]), int(z["width"])) if {"height", "width"} <= set(z) else None)
 
 
 def load_gt_npz(path, num_frames: int) -> GroundTruth:

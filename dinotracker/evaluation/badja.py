@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dinotracker.utils.arrays import read_npz
+
 BADJA_PROTOCOLS = ("reference", "paper")
 
 
@@ -151,17 +153,8 @@ def load_badja_npz(path: str | Path, hw: tuple[int, int] = (480, 854)) -> BadjaA
     ``hw`` is the pixel frame of the joints (854x480 DAVIS frames for the shared data).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"BADJA annotations not found: {path}")
-    try:
-        z = np.load(path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a readable .npz ({err})") from err
-    with z:
-        missing = [k for k in ("frame_index", "joints_xy_480p", "visible") if k not in z.files]
-        if missing:
-            raise ValueError(f"{path} lacks {missing} (has {z.files})")
-        fi, xy, vis = z["frame_index"].astype(np.int64), z["joints_xy_480p"].astype(np.float32), z["visible"]
+    z = read_npz(path, ("frame_index", "joints_xy_480p", "visible"), "BADJA annotations")
+    fi, xy, vis = z["frame_index"].astype(np.int64), z["joints_xy_480p"].astype(np.float32), z["visible"]
     if xy.ndim != 3 or xy.shape[-1] != 2 or xy.shape[0] != fi.shape[0] or vis.shape != xy.shape[:2]:
         raise ValueError(
             f"{path}: inconsistent shapes frame_index {fi.shape}, joints {xy.shape}, visible {vis.shape}"

@@ -24,7 +24,6 @@ COORD_CONVENTION = "raster xy input px: (0,0) = top-left corner of the top-left 
 CSV_HEADER = ("point_id", "frame", "x", "y", "visible", "confidence")
 
 
-
 def atomic_write(path, write) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path`` (parents created)."""
     path = Path(path)

@@ -107,12 +107,9 @@ class _Stages:
         return k_feat, arr, bb_keys
 
     def index(self, entries: dict) -> dict:
-        """A cache index (``preprocessed.json`` layout) of ``{stage: key}``."""
-        v = self.video
-        return dict(name=v.name, cache_dir=str(self.cache.root.resolve()), patch=self.patch, stride=self.stride,
-                    input_hw=list(self.resize.input_hw), model_hw=list(self.resize.model_hw),
-                    frame_indices=[int(i) for i in v.frame_indices],
-                    entries=sorted(self.cache.path(s, k).name for s, k in entries.items()))
+        """A cache index (:func:`cache_index`) of ``{stage: key}``."""
+        return cache_index(self.video.name, self.cache.root, self.patch, self.stride, self.resize,
+                           self.video.frame_indices, sorted(self.cache.path(s, k).name for s, k in entries.items()))
 
 
 def preprocess_inference_inputs(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root,
@@ -325,12 +322,19 @@ def load_preprocessed(source) -> PreprocessedVideo:
         frame_indices=np.asarray(info["frame_indices"]), meta=info)
 
 
+def cache_index(name: str, cache_dir, patch: int, stride: int, resize: Resize, frame_indices, entries,
+                **extra) -> dict:
+    """The JSON-able index of a video's cache entries (``preprocessed.json``; what :func:`load_preprocessed`
+    and :func:`dinotracker.inference.api.load_inference_video` read)."""
+    return dict(name=name, cache_dir=str(Path(cache_dir).resolve()), patch=int(patch), stride=int(stride),
+                input_hw=list(resize.input_hw), model_hw=list(resize.model_hw),
+                frame_indices=[int(i) for i in frame_indices], entries=list(entries), **extra)
+
+
 def preprocessed_info(pre: PreprocessedVideo) -> dict:
     """What :func:`load_preprocessed` needs to rebuild ``pre`` from the cache (JSON-able)."""
-    return dict(name=pre.name, cache_dir=str(Path(pre.meta["cache_dir"]).resolve()), patch=pre.patch,
-                stride=pre.stride, input_hw=list(pre.resize.input_hw), model_hw=list(pre.resize.model_hw),
-                frame_indices=[int(i) for i in pre.frame_indices], entries=pre.meta["entries"],
-                backbone=pre.meta.get("backbone"))
+    return cache_index(pre.name, pre.meta["cache_dir"], pre.patch, pre.stride, pre.resize, pre.frame_indices,
+                       pre.meta["entries"], backbone=pre.meta.get("backbone"))
 
 
 def write_preprocessed_index(pre: PreprocessedVideo) -> Path:

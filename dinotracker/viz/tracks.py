@@ -30,7 +30,6 @@ from dinotracker.utils.arrays import to_numpy
 SUBPIX = 4  # cv2 fixed-point shift: draw at 1/16 px
 
 
-
 def track_colors(xy: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """RGB uint8 [N, 3] from points xy [N, 2] (the query positions) on a hue wheel around the centre."""
     h, w = hw

@@ -40,8 +40,12 @@ def _wandb_has_key() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def build_loggers(cfg, out: Path) -> list:
+def build_loggers(cfg, out: Path, resume_step: int | None = None) -> list:
+    """The ``logger`` configs instantiated, made to continue this run folder's logs when resuming from a
+    checkpoint of global step ``resume_step`` (:func:`dinotracker.training.loggers.logger_config`)."""
     from hydra.utils import instantiate
+
+    from dinotracker.training.loggers import logger_config
 
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
@@ -53,8 +57,7 @@ def build_loggers(cfg, out: Path) -> list:
                 lcfg["offline"] = not _wandb_has_key()
                 if lcfg["offline"]:
                     log.info("W&B: no API key found, logging offline (sync later with `wandb sync`)")
-            os.environ.setdefault("WANDB_DIR", str(out))
-        loggers.append(instantiate(lcfg))
+        loggers.append(instantiate(logger_config(name, lcfg, out, resume_step)))
     return loggers
 
 
@@ -138,13 +141,12 @@ def paper_line(ref: dict) -> str:
 
 
 def fit_video(cfg: DictConfig) -> float | None:
-    """The whole ``fit`` job for one video (see the module docstring). Returns the optimised metric."""
-    import lightning as L
-    from hydra.utils import instantiate
+    """The whole ``fit`` job for one video (see the module docstring). Returns the optimised metric.
 
-    from dinotracker.cli import resolve_precision, video_help
-    from dinotracker.data.sources import video_from_config
-    from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
+    Holds the run folder's lock (:mod:`dinotracker.utils.runlock`): a second fit on the same folder refuses."""
+    from dinotracker.cli import video_help
+    from dinotracker.training.loggers import finish_experiments
+    from dinotracker.utils.runlock import run_folder_lock
 
     if cfg.get("video") is None:
         raise SystemExit(f"error: no video given\n  {video_help()}")
@@ -152,6 +154,23 @@ def fit_video(cfg: DictConfig) -> float | None:
     if cfg.get("skip_if_done") and (out / "metrics.json").is_file():
         log.info("%s already has metrics.json: skipping (skip_if_done=true)", out)
         return _optimised(json.loads((out / "metrics.json").read_text()), cfg)
+    with run_folder_lock(out):
+        try:
+            return _fit_locked(cfg, out)
+        finally:
+            finish_experiments()
+
+
+def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
+    """:func:`fit_video` while holding the run folder's lock."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from dinotracker.cli import resolve_precision
+    from dinotracker.data.sources import video_from_config
+    from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
+    from dinotracker.training.loggers import checkpoint_step
+
     L.seed_everything(int(cfg.seed), workers=True)
     video, gt = video_from_config(fitted_video_config(cfg))
     log.info("video %s: %d frames %s from %s", video.name, video.num_frames, video.hw, video.source)
@@ -166,10 +185,13 @@ def fit_video(cfg: DictConfig) -> float | None:
     module, datamodule = build_training(pre, cfg)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "32-true"))
-    trainer = instantiate(trainer_cfg, callbacks=build_callbacks(cfg), logger=build_loggers(cfg, out) or False)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out)
+    resume_step = checkpoint_step(ckpt_path) if ckpt_path else None
+    trainer = instantiate(trainer_cfg, callbacks=build_callbacks(cfg),
+                          logger=build_loggers(cfg, out, resume_step) or False)
     log.info("training %d steps on %s (%s)", cfg.trainer.max_steps, trainer.strategy.root_device,
              trainer_cfg["precision"])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), out))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.global_rank != 0:
         return None
     module.export(out / "tracker.pt")

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 import dinotracker
 from dinotracker.utils.device import resolve_device
+from dinotracker.utils.errors import cli_errors
 
 log = logging.getLogger("dinotracker.track")
 
@@ -61,6 +62,9 @@ def run(cfg: DictConfig) -> dict:
     if bad:
         raise ValueError(f"export={formats}: unknown {bad}; choose from {list(FORMATS)}")
     folder = Path(str(cfg.run))
+    early_mask = None
+    if not cfg.queries and cfg.grid_mask and _run_info(folder).get("input_hw"):
+        early_mask = read_grid_mask(cfg.grid_mask, _run_info(folder)["input_hw"])  # a wrong mask fails before loading
     storage = None if str(cfg.storage_dtype) == "auto" else DTYPES[str(cfg.storage_dtype)]
     tracker = load(
         folder,
@@ -77,7 +81,8 @@ def run(cfg: DictConfig) -> dict:
         out = tracker.track(queries, occlusion=bool(cfg.occlusion))
         default_name = f"tracks_{Path(str(cfg.queries)).stem}"
     else:
-        mask = read_grid_mask(cfg.grid_mask, tracker.input_hw) if cfg.grid_mask else None
+        mask = early_mask if early_mask is not None else (
+            read_grid_mask(cfg.grid_mask, tracker.input_hw) if cfg.grid_mask else None)
         out = tracker.track_grid(
             float(cfg.grid_step), frame=int(cfg.grid_frame), mask=mask, occlusion=bool(cfg.occlusion)
         )
@@ -143,7 +148,7 @@ def _run_info(folder: Path) -> dict:
 def main() -> None:
     import hydra
 
-    hydra.main(config_path=str(dinotracker.config_dir()), config_name="track", version_base="1.3")(run)()
+    hydra.main(config_path=str(dinotracker.config_dir()), config_name="track", version_base="1.3")(cli_errors(run))()
 
 
 if __name__ == "__main__":

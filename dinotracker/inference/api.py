@@ -46,6 +46,7 @@ from dinotracker.inference.occlusion import cosine_confidence, predict_occlusion
 from dinotracker.inference.queries import as_queries, grid_queries, queries_to_model
 from dinotracker.inference.tracker import FeatureBank, default_storage_dtype, refined_maps, track_queries
 from dinotracker.models.tracker import DinoTracker
+from dinotracker.utils.resume import latest_checkpoint, unfinished_run_message
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +353,8 @@ def load(
         model = tracker_from_export(d, use_ema=use_ema, backbone=backbone)
     else:
         ref = find_reference_checkpoints(folder)
+        if ref is None and (ckpt := latest_checkpoint(folder)) is not None:
+            raise FileNotFoundError(unfinished_run_message(folder, ckpt))
         if ref is None:
             raise FileNotFoundError(
                 f"{folder} has neither tracker.pt (a dinotracker run) nor "

@@ -3,7 +3,9 @@
 
 * NPZ: ``tracks`` float32 [N, T, 2] (x, y) input px (raster: (0, 0) is the top-left corner of the
   top-left pixel), ``visible`` bool [N, T], ``confidence`` float32 [N, T], ``queries`` float32 [N, 3]
-  (t, x, y) input px, plus optional metadata (``input_hw``, ``fps``, ``video``, ``coord_convention``).
+  (t, x, y) input px, ``input_hw``, ``fps``, ``video``, ``coord_convention``: the ``tracks.npz`` schema
+  of :mod:`dinotracker.inference.tracks_schema` (``write_tracks`` / the checking ``read_tracks``), which
+  :func:`save_exports` and the fit job write; :func:`save_npz` is the unchecked low-level writer.
 * CSV: one row per point per frame, ``point_id,frame,x,y,visible,confidence``.
 * TAP-Vid pickle (the layout of ``tapvid_davis.pkl``): ``{name: {"video": uint8 [T, H, W, 3],
   "points": float32 [N, T, 2] (x / W, y / H) in [0, 1], "occluded": bool [N, T]}}``.
@@ -188,16 +190,11 @@ def save_exports(
     written = []
     for fmt in formats:
         if fmt == "npz":
+            from dinotracker.inference.tracks_schema import write_tracks
+
             written.append(
-                save_npz(
-                    stem.with_suffix(".npz"),
-                    tracks,
-                    visible,
-                    confidence,
-                    queries,
-                    input_hw=None if hw is None else list(hw),
-                    fps=fps,
-                )
+                write_tracks(stem.with_suffix(".npz"), tracks, visible, confidence, queries, input_hw=hw, fps=fps,
+                             video=name)
             )
         elif fmt == "csv":
             written.append(save_csv(stem.with_suffix(".csv"), tracks, visible, confidence))

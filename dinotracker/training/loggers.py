@@ -27,20 +27,14 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from dinotracker.utils.resume import checkpoint_step  # noqa: F401  (re-exported for the fit job)
+
 log = logging.getLogger(__name__)
 
 CSV_TARGETS = ("lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger",
                "pytorch_lightning.loggers.CSVLogger")
 TB_TARGETS = ("lightning.pytorch.loggers.TensorBoardLogger",
               "lightning.pytorch.loggers.tensorboard.TensorBoardLogger", "pytorch_lightning.loggers.TensorBoardLogger")
-
-
-def checkpoint_step(ckpt_path) -> int:
-    """The ``global_step`` stored in a Lightning checkpoint (memory-mapped read: no tensor is loaded)."""
-    import torch
-
-    ck = torch.load(str(ckpt_path), map_location="cpu", mmap=True, weights_only=False)
-    return int(ck.get("global_step", 0))
 
 
 def wandb_run_id(folder) -> str:

@@ -241,7 +241,7 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     backbone is used) on the ground truth's queries. Writes metrics.json / metrics.md."""
     from dinotracker.evaluation.baselines import flow_chaining_baseline, still_baseline
     from dinotracker.inference.api import load
-    from dinotracker.inference.export import save_npz
+    from dinotracker.inference.tracks_schema import write_tracks
 
     if not cfg.track.enabled:
         return {}
@@ -250,7 +250,8 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     tkw = dict(chunk=int(chunk), anchor_cos=float(tcfg.anchor_cos), visible_cos=float(tcfg.visible_cos))
     tracker = load(out, device=str(_device_of(module)), **tkw)
     grid = tracker.track_grid(int(tcfg.grid_step), frame=int(tcfg.grid_frame), occlusion=bool(tcfg.occlusion))
-    save_npz(out / "tracks.npz", grid["tracks"], grid["visible"], grid["confidence"], grid["queries"])
+    write_tracks(out / "tracks.npz", grid["tracks"], grid["visible"], grid["confidence"], grid["queries"],
+                 input_hw=video.hw, fps=video.fps, video=video.name)
     log.info("grid of %d queries tracked -> %s", grid["tracks"].shape[0], out / "tracks.npz")
     if "mp4" in (tcfg.get("export") or []):
         from dinotracker.viz.tracks import draw_tracks_video

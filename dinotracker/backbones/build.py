@@ -172,7 +172,9 @@ def _hub_file(name: str) -> Path | None:
     return None
 
 
-def missing_weights_message(name: str, reason: str = "") -> str:
+def missing_weights_message(name: str, reason: str = "", offer_none: bool = True) -> str:
+    """What to do when ``name``'s weights are missing. ``offer_none``: mention ``backbone.name=none`` (only
+    where the command accepts it: the fit's "w/o DINO" ablation, not segtrack)."""
     family, _, _ = parse_name(name)
     ckpt = Path(torch.hub.get_dir()) / "checkpoints"
     msg = (
@@ -180,8 +182,10 @@ def missing_weights_message(name: str, reason: str = "") -> str:
         f"{checkpoint_name(name)} into {ckpt}/ (download: {checkpoint_url(name)}), or pass "
         f"backbone.weights=/path/to/{checkpoint_name(name)} (a .pth/.safetensors state dict) or "
         f"backbone.weights=/path/to/hf_folder backbone.source=hf (a Hugging Face model folder with "
-        f"config.json). backbone.name=none needs no weights."
+        f"config.json)."
     )
+    if offer_none:
+        msg += " backbone.name=none needs no weights."
     if family == "dinov3":
         msg += (
             f" DINOv3 weights are gated: request access at {DINOV3_DOWNLOADS}, download with the e-mailed "
@@ -190,18 +194,18 @@ def missing_weights_message(name: str, reason: str = "") -> str:
     return msg
 
 
-def _hub_state(name: str) -> tuple[dict, str]:
+def _hub_state(name: str, offer_none: bool = True) -> tuple[dict, str]:
     path = _hub_file(name)
     if path is not None:
         return read_state_dict(path), str(path)
     if os.environ.get("DINOTRACKER_OFFLINE", "0") not in ("", "0"):
-        raise FileNotFoundError(missing_weights_message(name, "DINOTRACKER_OFFLINE is set"))
+        raise FileNotFoundError(missing_weights_message(name, "DINOTRACKER_OFFLINE is set", offer_none))
     url = checkpoint_url(name)
     try:
         log.info("downloading %s weights from %s", name, url)
         sd = torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - offline or gated: say exactly what to do
-        raise FileNotFoundError(missing_weights_message(name, f"download failed: {err}")) from err
+        raise FileNotFoundError(missing_weights_message(name, f"download failed: {err}", offer_none)) from err
     return sd, url
 
 
@@ -211,6 +215,7 @@ def build_backbone(
     source: str = "auto",
     stride: int | None = None,
     device="cpu",
+    offer_none: bool = True,
     **arch_overrides,
 ) -> Backbone:
     """A frozen backbone in eval mode with ``stride`` applied, on ``device``.
@@ -218,6 +223,7 @@ def build_backbone(
     ``arch_overrides`` change the architecture (e.g. ``depth=2, embed_dim=64, num_heads=4, img_size=56`` for
     tiny random test models; checkpoints must then match it). ``seed`` (random source) fixes the init.
     ``name="none"``: zeros of width ``embed_dim`` (or ``dim``; default 1024), ``patch_size`` (default 14).
+    ``offer_none=False``: the missing-weights message does not suggest ``none`` (a caller that refuses it).
     """
     if str(name) == "none":
         if weights:
@@ -278,7 +284,7 @@ def build_backbone(
             raise ValueError(f"backbone.source=file needs backbone.weights=<path to {checkpoint_name(name)}>")
         sd, where = read_state_dict(weights), str(weights)
     else:  # hub
-        sd, where = (read_state_dict(weights), str(weights)) if weights else _hub_state(name)
+        sd, where = (read_state_dict(weights), str(weights)) if weights else _hub_state(name, offer_none)
     if family == "dinov3":  # checkpoints with untied CLS norms (ViT-7B, SAT-493M ViT-L) carry extra keys
         kw["untie_cls_and_patch_norms"] = "cls_norm.weight" in sd
         kw["untie_global_and_local_cls_norm"] = "local_cls_norm.weight" in sd

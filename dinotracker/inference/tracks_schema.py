@@ -33,7 +33,7 @@ KEYS = ("tracks", "visible", "confidence", "queries", "input_hw", "fps", "video"
 
 def write_tracks(path, tracks, visible, confidence, queries, *, input_hw, fps: float, video: str) -> Path:
     """Write ``path`` in the schema (module docstring); shapes are checked by the writer."""
-    hw = [int(v) for v in input_hw]
+    hw = [] if input_hw is None else [int(v) for v in input_hw]
     if len(hw) != 2 or min(hw) < 1:
         raise ValueError(f"input_hw must be (H, W) > 0, got {input_hw}")
     if fps is None or not float(fps) > 0:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import dinotracker
 from dinotracker.data.video import load_video
 from dinotracker.utils.device import resolve_device
+from dinotracker.utils.errors import cli_errors
 
 log = logging.getLogger("dinotracker.segtrack")
 BACKBONE_KEYS = ("name", "weights", "source", "layer", "final_norm", "amp")
@@ -71,9 +72,12 @@ def run(cfg: DictConfig) -> dict:
     """Segment, write masks/overlay and (with ``gt_masks``) J&F; returns paths and the J&F summary."""
     from dinotracker.data.video import Mp4Writer, list_frames, read_mask, write_mask
     from dinotracker.evaluation.davis import SequenceEvaluator, format_table, summarize, write_csv
+    from dinotracker.segtrack.features import check_backbone
     from dinotracker.segtrack.io import overlay
     from dinotracker.segtrack.propagation import iter_segmentation
 
+    if str(cfg.features) == "backbone":
+        check_backbone(str(cfg.backbone.name))
     device = resolve_device(cfg.device)
     out = Path(str(cfg.out))
     frames, src_idx, fps, name = _load_frames(cfg)
@@ -95,14 +99,21 @@ def run(cfg: DictConfig) -> dict:
         first = np.where(first == 255, 0, first).astype(np.uint8)
     if first.max() == 0:
         raise ValueError("the first-frame mask has no object (all background)")
+    hw = tuple(np.asarray(frames[0]).shape[:2])
+    if tuple(first.shape) != hw:
+        where = cfg.mask or gt_files[src_idx[0]]
+        raise ValueError(f"first-frame mask {where} is {first.shape[1]}x{first.shape[0]} but the video's frames "
+                         f"are {hw[1]}x{hw[0]} (W x H): give the mask of the first segmented frame at its size")
     source = _features(cfg, device, len(src_idx))
     masks_dir = out / "masks"
+    new_out = not out.exists()
     masks_dir.mkdir(parents=True, exist_ok=True)
     evaluator = SequenceEvaluator(name) if gt_files is not None else None
     video_path = out / "overlay.mp4"
     writer = Mp4Writer(video_path, fps=float(cfg.overlay.fps or fps)) if cfg.overlay.enabled else None
     frame_list = _LastFrame(frames)  # the overlay reuses the frame just segmented (no second read)
     start = time.perf_counter()
+    written = 0
     try:
         seq = iter_segmentation(
             source,
@@ -123,13 +134,16 @@ def run(cfg: DictConfig) -> dict:
         for t, labels in seq:
             frame = frame_list.last
             write_mask(masks_dir / f"{src_idx[t]:05d}.png", labels)
+            written += 1
             if writer is not None:
                 writer.write(overlay(frame, labels, alpha=float(cfg.overlay.alpha)))
             if evaluator is not None:
                 evaluator.add(read_mask(gt_files[src_idx[t]]), labels)
-    finally:
-        if writer is not None:
-            writer.close()
+    except BaseException:
+        _discard_outputs(writer, masks_dir, written, out if new_out else None)  # the real error stays the last word
+        raise
+    if writer is not None:
+        writer.close()
     seconds = time.perf_counter() - start
     result = {
         "masks": str(masks_dir),
@@ -148,6 +162,24 @@ def run(cfg: DictConfig) -> dict:
         result["jf"] = summary
     (out / "segtrack.yaml").write_text(OmegaConf.to_yaml(cfg))
     return result
+
+
+def _discard_outputs(writer, masks_dir: Path, written: int, new_out: Path | None) -> None:
+    """After a failure: close the overlay writer without raising (it may hold no frame), and remove the
+    masks folder when no mask was written to it (and ``new_out``, the output folder this run created, when
+    it is left empty)."""
+    if writer is not None:
+        try:
+            writer.close()
+        except Exception:  # noqa: BLE001 - e.g. "no frames written": not the error to report
+            pass
+    if written == 0:
+        for d in (masks_dir, new_out):
+            try:
+                if d is not None:
+                    d.rmdir()
+            except OSError:  # not empty: keep it
+                pass
 
 
 class _LastFrame:
@@ -189,7 +221,7 @@ def private_conf_dir() -> Path:
 def main() -> None:
     import hydra
 
-    hydra.main(config_path=str(private_conf_dir()), config_name="segtrack", version_base="1.3")(run)()
+    hydra.main(config_path=str(private_conf_dir()), config_name="segtrack", version_base="1.3")(cli_errors(run))()
 
 
 if __name__ == "__main__":

@@ -168,6 +168,17 @@ class BackboneFeatures(ImageFeatures):
         return f
 
 
+def check_backbone(name: str) -> None:
+    """Refuse backbones that cannot segment: ``none`` gives all-zero features, every cell is as similar to
+    every other and the propagated masks mean nothing (while costing the full per-frame work)."""
+    if str(name) == "none":
+        raise ValueError(
+            "segtrack needs real features: backbone.name=none gives all-zero features, so the masks would "
+            "mean nothing; choose a DINO backbone (e.g. backbone.name=dinov3_vits16 with its weights) or "
+            "features=run:<fitted run folder>"
+        )
+
+
 def features_from_backbone(
     name: str,
     weights=None,
@@ -180,11 +191,13 @@ def features_from_backbone(
     stride: int | None = None,
     **arch_overrides,
 ) -> BackboneFeatures:
-    """:class:`BackboneFeatures` of ``dinotracker.backbones.build_backbone(name, weights, source, ...)``."""
+    """:class:`BackboneFeatures` of ``dinotracker.backbones.build_backbone(name, weights, source, ...)``
+    (``name="none"`` is refused: :func:`check_backbone`)."""
     from dinotracker.backbones import build_backbone
 
+    check_backbone(name)
     backbone = build_backbone(
-        name, weights=weights, source=source, stride=stride, device=device, **arch_overrides
+        name, weights=weights, source=source, stride=stride, device=device, offer_none=False, **arch_overrides
     )
     return BackboneFeatures(
         backbone, short_side=short_side, layer=layer, final_norm=final_norm, device=device, amp=amp

@@ -108,7 +108,7 @@ def test_read_queries_npz_csv_npy(tmp_path, tracks):
 
 def test_save_exports_formats(tmp_path, tracks):
     tr, vis, conf, q = tracks
-    out = save_exports(tmp_path / "x" / "tr", ["npz", "csv", "pkl", "mp4"], tr, vis, conf, q, hw=(64, 96))
+    out = save_exports(tmp_path / "x" / "tr", ["npz", "csv", "pkl", "mp4"], tr, vis, conf, q, hw=(64, 96), fps=24.0)
     assert sorted(p.name for p in out) == ["tr.csv", "tr.npz", "tr.pkl"]  # mp4 is the viz's job
     with pytest.raises(ValueError, match="unknown export"):
         save_exports(tmp_path / "tr", ["json"], tr, vis, conf, q)

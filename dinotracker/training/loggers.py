@@ -8,7 +8,7 @@
   TensorBoard hides the events the killed run wrote after the checkpoint.
 * W&B: one run per run folder, its ``id`` derived from the folder (:func:`wandb_run_id`) with
   ``resume="allow"``: a resumed fit continues its own run, and each job of a multirun gets its own run
-  (:func:`finish_experiments` closes a job's run so the next job does not "reuse" it).
+  (:func:`own_experiments` closes a job's run so the next job does not "reuse" it).
 
 :func:`logger_config` applies this to a ``logger.<name>`` config before it is instantiated.
 """
@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
@@ -105,8 +106,19 @@ class ContinuedCSVLogger(CSVLogger):
         return self._experiment
 
 
-def finish_experiments() -> None:
-    """Close the W&B run a job opened (if any), so that the next job of a multirun starts its own."""
+def _wandb_run():
     wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+    return None if wandb is None else getattr(wandb, "run", None)
+
+
+@contextmanager
+def own_experiments():
+    """Around one fit job: finish the W&B run the job opened (not one the caller had open before), so that
+    the next job of a multirun starts its own run instead of "reusing" this one."""
+    before = _wandb_run()
+    try:
+        yield
+    finally:
+        run = _wandb_run()
+        if run is not None and run is not before:
+            run.finish()

@@ -145,7 +145,7 @@ def fit_video(cfg: DictConfig) -> float | None:
 
     Holds the run folder's lock (:mod:`dinotracker.utils.runlock`): a second fit on the same folder refuses."""
     from dinotracker.cli import video_help
-    from dinotracker.training.loggers import finish_experiments
+    from dinotracker.training.loggers import own_experiments
     from dinotracker.utils.runlock import run_folder_lock
 
     if cfg.get("video") is None:
@@ -154,11 +154,8 @@ def fit_video(cfg: DictConfig) -> float | None:
     if cfg.get("skip_if_done") and (out / "metrics.json").is_file():
         log.info("%s already has metrics.json: skipping (skip_if_done=true)", out)
         return _optimised(json.loads((out / "metrics.json").read_text()), cfg)
-    with run_folder_lock(out):
-        try:
-            return _fit_locked(cfg, out)
-        finally:
-            finish_experiments()
+    with run_folder_lock(out), own_experiments():
+        return _fit_locked(cfg, out)
 
 
 def _fit_locked(cfg: DictConfig, out: Path) -> float | None:

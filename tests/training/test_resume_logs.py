@@ -104,3 +104,47 @@ def test_each_multirun_job_gets_its_own_wandb_run(tmp_path, tiny_fit_overrides):
     ids = [_wandb_ids(j) for j in jobs]
     assert all(len(i) == 1 for i in ids), ids  # each job has its own wandb/ with one run
     assert ids[0] != ids[1]
+
+
+def test_csv_logger_continues_from_the_resume_step(tmp_path):
+    from dinotracker.training.loggers import ContinuedCSVLogger
+
+    d = tmp_path / "csv"
+    d.mkdir()
+    lines = ["epoch,step,train/loss"] + [f"0,{s},{s / 10}" for s in range(10)] + ["0,10"]  # last: half-written
+    (d / "metrics.csv").write_text("\n".join(lines))
+    lg = ContinuedCSVLogger(str(tmp_path), name="csv", version="", resume_step=6)
+    for s in (6, 7):
+        lg.log_metrics({"train/loss": 100.0 + s, "lr": 0.1}, step=s)  # a new column too
+    lg.save()
+    rows = _rows(d / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == list(range(8))
+    assert [float(r["train/loss"]) for r in rows] == [s / 10 for s in range(6)] + [106.0, 107.0]
+    assert rows[0]["lr"] == "" and rows[-1]["lr"] == "0.1"
+    fresh = ContinuedCSVLogger(str(tmp_path), name="csv", version="")  # no resume: a new file, as Lightning does
+    fresh.log_metrics({"train/loss": 1.0}, step=0)
+    fresh.save()
+    assert len(_rows(d / "metrics.csv")) == 1
+
+
+def test_own_experiments_finishes_only_the_jobs_run(monkeypatch):
+    import types
+
+    from dinotracker.training.loggers import own_experiments
+
+    class Run:
+        finished = False
+
+        def finish(self):
+            self.finished = True
+            fake.run = None
+
+    fake = types.SimpleNamespace(run=None)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    with own_experiments():
+        fake.run = job = Run()  # the job's WandbLogger opened a run
+    assert job.finished and fake.run is None
+    fake.run = callers = Run()
+    with own_experiments():
+        pass  # the logger reused the caller's open run
+    assert not callers.finished and fake.run is callers

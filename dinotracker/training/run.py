@@ -145,6 +145,7 @@ def fit_video(cfg: DictConfig) -> float | None:
     from dinotracker.cli import resolve_precision, video_help
     from dinotracker.data.sources import video_from_config
     from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
+    from dinotracker.training import preemption
 
     if cfg.get("video") is None:
         raise SystemExit(f"error: no video given\n  {video_help()}")
@@ -166,10 +167,12 @@ def fit_video(cfg: DictConfig) -> float | None:
     module, datamodule = build_training(pre, cfg)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "32-true"))
-    trainer = instantiate(trainer_cfg, callbacks=build_callbacks(cfg), logger=build_loggers(cfg, out) or False)
+    trainer = instantiate(trainer_cfg, callbacks=build_callbacks(cfg) + preemption.callbacks(cfg, out),
+                          logger=build_loggers(cfg, out) or False)
     log.info("training %d steps on %s (%s)", cfg.trainer.max_steps, trainer.strategy.root_device,
              trainer_cfg["precision"])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), out))
+    ckpt_path = preemption.resume_ckpt_path(cfg.get("ckpt_path"), out)  # a requeued Slurm job resumes
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(ckpt_path, out))
     if trainer.global_rank != 0:
         return None
     module.export(out / "tracker.pt")

@@ -40,8 +40,8 @@ def restart_count(environ=None) -> int:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process and its waited-for children (MiB; Linux reports KiB)."""
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Peak resident memory of this process or its largest waited-for child (MiB; Linux reports KiB)."""
+    kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     return kb / 1024.0
 
 

@@ -18,6 +18,8 @@ was never interrupted.
 
 The signal handlers only set a flag: saving from inside a handler could catch the model between
 ``backward`` and ``optimizer.step`` (Lightning's own SLURM auto-requeue saves right in the handler).
+Single-process fits only (one video per job, the usual case): with several ranks the callback stays out
+of the way and Lightning's SLURM handling applies.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ class PreemptionCheckpoint(L.Callback):
         # after Lightning's _SignalConnector (which installs its own SIGTERM/SIGUSR1 handlers), so ours win
         if threading.current_thread() is not threading.main_thread():
             log.warning("not in the main thread: preemption signals are not handled")
+            return
+        if trainer.world_size > 1:  # ranks could see the signal in different steps: a collective save would hang
+            log.warning("%d processes: preemption left to Lightning's SLURM handling (hpc_ckpt)", trainer.world_size)
             return
         for s in self.signals:
             self._replaced[s] = signal.getsignal(s)

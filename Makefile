@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch/torchvision pins; override for another platform, e.g. TORCH_SPEC="torch torchvision"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: env demo test test-slow test-all lint bench wheel-check clean
+.PHONY: env demo test test-slow test-slurm test-all lint bench wheel-check clean
 
 env: $(STAMP)
 
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow || test $$? -eq 5  # exit 5: no slow test selected
+
+# needs a Slurm cluster: `sudo experiments/slurm/local_cluster.sh start` makes a local one (CI does)
+test-slurm: $(STAMP)
+	$(BIN)/python -m pytest -q -m slurm tests/slurm
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"

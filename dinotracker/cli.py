@@ -41,6 +41,8 @@ def require_video(argv: list[str]) -> None:
     if any(a.lstrip("+~").startswith("video=") for a in argv):
         unknown = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("video=")]
         names = set(available("video"))
+        if any(a.startswith("hydra.searchpath") for a in argv):  # videos from other config folders too
+            return
         bad = [u for u in unknown if "," not in u and "(" not in u and u not in names]
         if bad:
             print(f"error: unknown video {bad[0]!r}\n  {video_help()}", file=sys.stderr)

@@ -19,24 +19,43 @@ log = logging.getLogger("dinotracker.fit")
 
 def run(cfg: DictConfig) -> float | None:
     """One fit job. In a multirun (sweeps, benchmarks) a failing job is logged, leaves ``error.txt``
-    in its run folder and returns NaN, so one bad trial or video does not end the sweep."""
+    in its run folder and returns NaN, so one bad trial or video does not end the sweep. Inside a Slurm
+    job, ``slurm.json`` in the run folder records the job id, times, outcome and peak memory."""
+    from pathlib import Path
+
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from dinotracker.training.preemption import Preempted
     from dinotracker.training.run import fit_video
+    from dinotracker.utils import slurm
 
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        return fit_video(cfg)
+    out = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.get("skip_if_done") and (out / "metrics.json").is_file():
+        return fit_video(cfg)  # skips; keeps the record of the job that did the work
+    slurm.record_job(out, started_at=slurm.now(), ended_at=None, outcome="running")
+    outcome = "failed"
     try:
-        return fit_video(cfg)
-    except Exception as err:  # noqa: BLE001 - reported, and the sweep goes on
-        import traceback
-        from pathlib import Path
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            result = fit_video(cfg)
+            outcome = "done"
+            return result
+        (out / "error.txt").unlink(missing_ok=True)  # from an earlier attempt of this job
+        try:
+            result = fit_video(cfg)
+            outcome = "done"
+            return result
+        except Exception as err:  # noqa: BLE001 - reported, and the sweep goes on
+            import traceback
 
-        out = Path(HydraConfig.get().runtime.output_dir)
-        (out / "error.txt").write_text(traceback.format_exc())
-        log.error("job failed (%s: %s); see %s -- the sweep continues", type(err).__name__, err, out / "error.txt")
-        return float("nan")
+            (out / "error.txt").write_text(traceback.format_exc())
+            log.error("job failed (%s: %s); see %s -- the sweep continues", type(err).__name__, err, out / "error.txt")
+            return float("nan")
+    except Preempted:
+        outcome = "preempted"
+        raise
+    finally:
+        slurm.record_job(out, ended_at=slurm.now(), outcome=outcome, max_rss_mb=round(slurm.peak_rss_mb(), 1))
 
 
 main = hydra_entry(run, "fit")

@@ -166,6 +166,7 @@ def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
     from dinotracker.cli import resolve_precision
     from dinotracker.data.sources import video_from_config
     from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
+    from dinotracker.training import preemption
     from dinotracker.training.loggers import checkpoint_step
 
     L.seed_everything(int(cfg.seed), workers=True)
@@ -182,9 +183,10 @@ def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
     module, datamodule = build_training(pre, cfg)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "32-true"))
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out)
+    # a requeued Slurm job resumes from its own last.ckpt
+    ckpt_path = resolve_ckpt_path(preemption.resume_ckpt_path(cfg.get("ckpt_path"), out), out)
     resume_step = checkpoint_step(ckpt_path) if ckpt_path else None
-    trainer = instantiate(trainer_cfg, callbacks=build_callbacks(cfg),
+    trainer = instantiate(trainer_cfg, callbacks=build_callbacks(cfg) + preemption.callbacks(cfg, out),
                           logger=build_loggers(cfg, out, resume_step) or False)
     log.info("training %d steps on %s (%s)", cfg.trainer.max_steps, trainer.strategy.root_device,
              trainer_cfg["precision"])

@@ -52,3 +52,49 @@ def test_paper_numbers_follow_the_experiment():
     raw = {"label": "Tab. 3", "method": "raw_dino", "delta_avg": 0.647}
     got = paper_numbers([dict(video="a", method="raw_dino", paper_reference=raw)], paper)
     assert got["raw_dino"] == {"delta_avg": 0.647} and got["dinotracker"] == paper["dinotracker"]
+
+
+def _job(out, name, video, seed=None, metrics=None, error=None):
+    job = out / name
+    (job / ".hydra").mkdir(parents=True)
+    overrides = [f"+video={video}", "evaluate.query_mode=first"] + ([f"video.seed={seed}"] if seed is not None else [])
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if metrics is not None:
+        import json
+
+        m = {"delta_avg": metrics, "occlusion_accuracy": 0.5, "average_jaccard": metrics / 2}
+        (job / "metrics.json").write_text(json.dumps({"video": name, "methods": {"dinotracker": m}}))
+    if error is not None:
+        (job / "error.txt").write_text(f"Traceback (most recent call last):\n  ...\n{error}\n")
+
+
+def test_failed_jobs_are_listed_and_only_unfinished_videos_run_again(tmp_path):
+    from omegaconf import OmegaConf
+
+    from dinotracker.benchmark import collect, job_status, pending_videos, summarise
+
+    out = tmp_path / "bench"
+    _job(out, "blackswan", "davis_blackswan", metrics=0.6)
+    _job(out, "judo", "davis_judo", error="ValueError: cannot decode frame 00003.jpg | broken")
+    cfg = OmegaConf.create({"rerun": False, "benchmark": {"videos": ["davis_blackswan", "davis_judo", "x"]}})
+    assert pending_videos(cfg, out) == ["davis_judo", "x"]
+    cfg.rerun = True
+    assert pending_videos(cfg, out) == ["davis_blackswan", "davis_judo", "x"]
+    seeded = OmegaConf.create({"rerun": False, "benchmark": {"videos": ["synthetic"], "seeds": [0, 1]}})
+    _job(out, "synthetic-s0", "synthetic", seed=0, metrics=0.5)
+    assert pending_videos(seeded, out) == ["synthetic"]
+    _job(out, "synthetic-s1", "synthetic", seed=1, metrics=0.7)
+    assert pending_videos(seeded, out) == []
+
+    jobs = job_status(out)
+    assert [(j["video"], j["status"]) for j in jobs] == [("blackswan", "done"), ("judo", "failed"),
+                                                          ("synthetic-s0", "done"), ("synthetic-s1", "done")]
+    assert jobs[1]["error"] == "ValueError: cannot decode frame 00003.jpg | broken"
+    text = summarise(collect(out), {}, out, jobs)
+    assert text.startswith("# Benchmark summary (3 videos")
+    assert "## Jobs (3 done, 1 failed, 0 unfinished)" in text
+    assert "| judo | failed | ValueError: cannot decode frame 00003.jpg \\| broken |" in text
+    rows = list(csv.DictReader(open(out / "per_video.csv")))
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["video"] == "judo" and failed[0]["delta_avg"] == ""
+    assert failed[0]["error"].startswith("ValueError")

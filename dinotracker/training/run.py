@@ -139,6 +139,9 @@ def paper_line(ref: dict) -> str:
 
 def fit_video(cfg: DictConfig) -> float | None:
     """The whole ``fit`` job for one video (see the module docstring). Returns the optimised metric."""
+    from dinotracker.config import validate
+
+    validate(cfg)  # bad values stop here, before any heavy import or work
     import lightning as L
     from hydra.utils import instantiate
 
@@ -190,25 +193,15 @@ def build_training(pre, cfg):
     from dinotracker.training.datamodule import CorrespondenceDataModule
     from dinotracker.training.module import DinoTrackerModule
 
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    loss = OmegaConf.to_container(cfg.loss, resolve=True)
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    if str(cfg.backbone.name) == "none":
-        # Phi = 0: the prior terms are undefined and there are no DINO best-buddies (paper "w/o DINO")
-        loss["prior"]["norm_weight"] = loss["prior"]["angle_weight"] = 0.0
-        loss["dino_bb"]["weight"] = 0.0
-        model["delta_zero_init"] = False  # a zero residual on zero features would get no gradient
-        log.info("backbone=none: L_prior and L_dino-bb off, Delta-DINO's last layer randomly initialised")
+    off = [k for k in ("flow", "dino_bb", "refined_bb", "cycle", "prior") if not cfg.loss[k].enabled]
+    if off:  # e.g. backbone=none: backbone.has_features=false switches L_dino-bb and L_prior off (conf/loss)
+        log.info("loss terms off (loss.<term>.enabled=false): %s", ", ".join(off))
     backbone, spec = None, backbone_spec(cfg.backbone)
-    if model.get("lora", {}).get("enabled"):
+    if cfg.model.lora.enabled:
         # paper Tab. 2 "LoRA tune": the backbone runs in the training loop with adapters instead of Delta-DINO
-        if str(cfg.backbone.name) == "none":
-            raise ValueError("model.lora needs a DINO backbone (backbone=none has no weights to tune)")
         backbone = build_from_spec(spec)
-        model["lora"]["layer"] = int(cfg.backbone.layer) if model["lora"]["layer"] is None else model["lora"]["layer"]
-        model["lora"]["facet"] = str(cfg.backbone.facet) if model["lora"]["facet"] is None else model["lora"]["facet"]
-    module = DinoTrackerModule(pre, model=model, loss=loss, optim=optim, backbone=backbone, backbone_spec=spec,
-                               seed=int(cfg.seed))
+    module = DinoTrackerModule(pre, model=cfg.model, loss=cfg.loss, optim=cfg.optim, backbone=backbone,
+                               backbone_spec=spec, seed=int(cfg.seed))
     datamodule = CorrespondenceDataModule(pre, seed=int(cfg.seed), **OmegaConf.to_container(cfg.data, resolve=True))
     return module, datamodule
 

@@ -99,7 +99,7 @@ def _checked(task: Callable, config_name: str) -> Callable:
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
-            check_keys(cfg, config_name, OmegaConf.to_container(hc.runtime.choices))
+            check_keys(cfg, config_name, OmegaConf.to_container(hc.runtime.choices), list(hc.overrides.task))
             validate(cfg)
         return task(cfg)
 

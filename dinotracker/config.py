@@ -70,7 +70,7 @@ def compose(config_name: str = "fit", overrides: Sequence[str] = (), check: bool
     except Exception as err:  # noqa: BLE001 - Hydra's composition errors, explained in one line
         raise ConfigError(explain_compose_error(err, config_name, overrides)) from None
     if check:
-        check_keys(cfg, config_name, OmegaConf.to_container(cfg.hydra.runtime.choices))
+        check_keys(cfg, config_name, OmegaConf.to_container(cfg.hydra.runtime.choices), overrides)
         validate(cfg)
     if not return_hydra_config:
         with _open(cfg):
@@ -117,10 +117,15 @@ def explain_compose_error(err: Exception, config_name: str, overrides: Sequence[
     return first
 
 
+def _has(node, key) -> bool:
+    """``key`` is a key of ``node`` (also when its value is ``???``, which ``in`` does not count)."""
+    return isinstance(node, DictConfig) and key in node.keys()
+
+
 def _exists(cfg, dotted: str) -> bool:
     node = cfg
     for part in dotted.split("."):
-        if not isinstance(node, DictConfig) or part not in node:
+        if not _has(node, part):
             return False
         node = node._get_node(part)
     return True
@@ -131,7 +136,7 @@ def unknown_key_message(cfg, dotted: str) -> str:
     parts = dotted.split(".")
     node, where = cfg, []
     for part in parts:
-        if isinstance(node, DictConfig) and part in node:
+        if _has(node, part):
             node, where = node._get_node(part), [*where, part]
             continue
         parent = ".".join(where) or "the top level"
@@ -178,7 +183,7 @@ def unknown_keys(cfg, reference, open_paths: Iterable[str] = ()) -> list[str]:
             sub = f"{path}.{key}" if path else str(key)
             if sub in open_paths:
                 continue
-            if key not in ref:
+            if not _has(ref, key):
                 found.append(sub)
                 continue
             walk(node._get_node(key), ref._get_node(key), sub)
@@ -187,9 +192,16 @@ def unknown_keys(cfg, reference, open_paths: Iterable[str] = ()) -> list[str]:
     return found
 
 
-def check_keys(cfg, config_name: str, choices: Mapping[str, str | None] | None) -> None:
-    """Every key of ``cfg`` exists in the reference config of its group choices (see the module docstring)."""
+def check_keys(cfg, config_name: str, choices: Mapping[str, str | None] | None,
+               overrides: Sequence[str] | None = None) -> None:
+    """Every key of ``cfg`` exists in the reference config of its group choices (see the module docstring).
+
+    With the command line's ``overrides`` known, the common case needs no second compose: without a
+    modifier group and a ``+key=value``, the reference *is* ``cfg`` (struct mode rejected unknown keys)."""
     if not choices:
+        return
+    if overrides is not None and not any(choices.get(g) for g in MODIFIER_GROUPS) and not any(
+            o.startswith("+") and o not in _group_overrides([o]) for o in overrides):
         return
     reference = _reference(config_name, tuple(reference_overrides(config_name, choices)))
     bad = unknown_keys(cfg, reference, OPEN.get(config_name, ("hydra",)))
@@ -210,7 +222,7 @@ def _key(where: str, key: str) -> str:
 
 def _get(sec, key: str, where: str):
     try:
-        if key not in sec:
+        if key not in sec.keys():
             raise ConfigError(f"missing option {_key(where, key)}")
         return sec[key]
     except ConfigError:

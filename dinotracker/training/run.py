@@ -168,7 +168,7 @@ def fit_video(cfg: DictConfig) -> float | None:
 
     module, datamodule = build_training(pre, cfg)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "32-true"))
+    trainer_cfg["precision"] = resolve_precision(trainer_cfg["precision"])
     trainer = instantiate(trainer_cfg, callbacks=build_callbacks(cfg), logger=build_loggers(cfg, out) or False)
     log.info("training %d steps on %s (%s)", cfg.trainer.max_steps, trainer.strategy.root_device,
              trainer_cfg["precision"])
@@ -182,7 +182,7 @@ def fit_video(cfg: DictConfig) -> float | None:
 
 
 def _optimised(results: dict, cfg) -> float | None:
-    name = cfg.get("optimized_metric") or "average_jaccard"
+    name = cfg.optimized_metric
     m = results.get("methods", {}).get("dinotracker", {})
     return float(m[name]) if name in m else None
 
@@ -232,7 +232,7 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     if gt is None or not cfg.evaluate.enabled:
         return {}
     shown, full_index = video, None  # the frames tracked and scored (all of them for a subsampled fit)
-    if cfg.evaluate.get("all_frames") and int(cfg.get("subsample") or 1) > 1:
+    if cfg.evaluate.all_frames and int(cfg.subsample) > 1:
         # fitted on every k-th frame, tracked and scored on every frame (paper Tab. 4): the fitted model
         # runs on frames it never saw in training (their frozen features and flow are computed here)
         from dinotracker.preprocessing.pipeline import preprocess_inference_inputs
@@ -286,7 +286,7 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
 
 def fitted_video_config(cfg):
     """The ``video`` config with ``subsample`` applied: every k-th frame of the video's own range/stride."""
-    k = int(cfg.get("subsample") or 1)
+    k = int(cfg.subsample)
     if k < 1:
         raise ValueError(f"subsample must be >= 1, got {k}")
     if k == 1:

@@ -87,20 +87,23 @@ def precheck(config_name: str, argv: list[str]) -> None:
 
 
 def _checked(task: Callable, config_name: str) -> Callable:
-    """``task`` that first checks the keys and values of each job of a multirun (a single run was checked by
-    :func:`precheck`)."""
+    """``task`` that first checks the keys of each job of a multirun (a single run was checked by
+    :func:`precheck`). Values are checked by the job itself (``fit_video`` calls ``validate``), so a bad
+    value swept over fails only its own job."""
 
     @functools.wraps(task)  # Hydra names the job after the wrapped task's module
     def run(cfg):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from dinotracker.config import check_keys, validate
+        from dinotracker.config import check_keys
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
-            check_keys(cfg, config_name, OmegaConf.to_container(hc.runtime.choices), list(hc.overrides.task))
-            validate(cfg)
+            try:  # an unknown key: one line, and the sweep stops (its other jobs share the mistake)
+                check_keys(cfg, config_name, OmegaConf.to_container(hc.runtime.choices), list(hc.overrides.task))
+            except ConfigError as err:
+                raise SystemExit(f"error: {err}") from None
         return task(cfg)
 
     return run

@@ -230,3 +230,13 @@ def test_training_options_for_python_use():
         C.training_options(optim={"lr_dleta": 1.0})
     with pytest.raises(ConfigError, match=r"optim\.eps=0: must be a number > 0"):
         C.training_options(optim={"eps": 0})
+
+
+def test_multirun_checks_the_keys_of_each_job(tmp_path):
+    # a sweep skips the single-run precheck; each job checks its keys before any work
+    r = _cli("-m", "+video=synthetic", "experiment=quick_cpu", "+loss.flow.wieght=1,2",
+             f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.cache_dir={tmp_path / 'cache'}")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        "error: unknown option loss.flow.wieght (did you mean loss.flow.weight?)"), r.stderr
+    assert not (tmp_path / "cache").exists()

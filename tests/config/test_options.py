@@ -240,3 +240,10 @@ def test_multirun_checks_the_keys_of_each_job(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith(
         "error: unknown option loss.flow.wieght (did you mean loss.flow.weight?)"), r.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_track_command_names_the_valid_option():
+    r = subprocess.run([sys.executable, "-m", "dinotracker.track", "run=/nowhere", "grid_stp=10"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: unknown option grid_stp (did you mean grid_step?)"), r.stderr

@@ -23,7 +23,7 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dinotracker import config_dir
 
@@ -73,20 +73,9 @@ def compose(config_name: str = "fit", overrides: Sequence[str] = (), check: bool
         check_keys(cfg, config_name, OmegaConf.to_container(cfg.hydra.runtime.choices), overrides)
         validate(cfg)
     if not return_hydra_config:
-        with _open(cfg):
+        with open_dict(cfg):
             del cfg["hydra"]
     return cfg
-
-
-class _open:
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    def __enter__(self):
-        OmegaConf.set_struct(self.cfg, False)
-
-    def __exit__(self, *exc):
-        OmegaConf.set_struct(self.cfg, True)
 
 
 def _group_overrides(overrides: Sequence[str]) -> list[str]:
@@ -112,7 +101,7 @@ def explain_compose_error(err: Exception, config_name: str, overrides: Sequence[
         if o.startswith(("+", "~")) or "=" not in o or o in _group_overrides([o]):
             continue
         key = o.split("=", 1)[0]
-        if not key.startswith("hydra.") and not _exists(base, key):
+        if not key.startswith("hydra") and "/" not in key and not _exists(base, key):
             return unknown_key_message(base, key)
     return first
 
@@ -386,7 +375,9 @@ def validate_data(data, where: str = "data") -> None:
 
 def validate_trainer(trainer, where: str = "trainer") -> None:
     _int(trainer, "max_steps", where, 1)
-    _choice(trainer, "precision", where, PRECISIONS)
+    precision = _get(trainer, "precision", where)
+    if str(precision) not in PRECISIONS:  # Lightning also takes the ints 16, 32, 64
+        _fail(where, "precision", precision, "must be one of " + ", ".join(PRECISIONS))
     acc = _get(trainer, "accelerator", where)
     if isinstance(acc, str) and acc not in ACCELERATORS:
         _fail(where, "accelerator", acc, "must be one of " + ", ".join(ACCELERATORS))

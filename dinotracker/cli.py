@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from dinotracker import config_dir
+from dinotracker.config import ConfigError, register_resolvers
 
 log = logging.getLogger("dinotracker")
 
@@ -18,9 +19,11 @@ _INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell
                "--version")
 
 
-def _register_resolvers() -> None:
-    if not OmegaConf.has_resolver("basename"):
-        OmegaConf.register_new_resolver("basename", lambda p: Path(str(p)).stem or Path(str(p)).name)
+_register_resolvers = register_resolvers  # the name tests and older callers use
+# Hydra flags that take a value, and flags after which the command line is not one config to check
+_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p")
+_NO_PRECHECK = ("--multirun", "-m", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                "--experimental-rerun")
 
 
 def available(group: str) -> list[str]:
@@ -52,16 +55,74 @@ def require_video(argv: list[str]) -> None:
     raise SystemExit(2)
 
 
+def command_line_overrides(argv: list[str]) -> list[str] | None:
+    """The Hydra overrides of a command line, or None when it is not one run of the packaged config
+    (help/info flags, ``-m``, another config folder or name)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        flag = a.split("=", 1)[0] if a.startswith("-") else None
+        if flag in _NO_PRECHECK or flag in _INFO_FLAGS and flag not in ("--cfg", "-c"):
+            return None
+        if flag is not None:
+            skip = flag in _VALUE_FLAGS and "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
+def precheck(config_name: str, argv: list[str]) -> None:
+    """Compose the command line's config once, check its keys and values (:mod:`dinotracker.config`) and exit
+    with one line (status 2) on a bad one: before Hydra makes a run folder, before any heavy import."""
+    from dinotracker.config import compose
+
+    overrides = command_line_overrides(argv)
+    if overrides is None:
+        return
+    try:
+        compose(config_name, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _checked(task: Callable, config_name: str) -> Callable:
+    """``task`` that first checks the keys of each job of a multirun (a single run was checked by
+    :func:`precheck`). Values are checked by the job itself (``fit_video`` calls ``validate``), so a bad
+    value swept over fails only its own job."""
+
+    @functools.wraps(task)  # Hydra names the job after the wrapped task's module
+    def run(cfg):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from dinotracker.config import check_keys
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            try:  # an unknown key: one line, and the sweep stops (its other jobs share the mistake)
+                check_keys(cfg, config_name, OmegaConf.to_container(hc.runtime.choices), list(hc.overrides.task))
+            except ConfigError as err:
+                raise SystemExit(f"error: {err}") from None
+        return task(cfg)
+
+    return run
+
+
 def hydra_entry(task: Callable, config_name: str, needs_video: bool = True) -> Callable[[], None]:
     """Wrap ``task(cfg)`` as a console entry point with the package's config folder."""
     import hydra
 
     def main() -> None:
-        _register_resolvers()
+        register_resolvers()
         if needs_video:
             require_video(sys.argv[1:])
+        precheck(config_name, sys.argv[1:])
         os.environ.setdefault("HYDRA_FULL_ERROR", "0")
-        hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)()
+        hydra.main(config_path=str(config_dir()), config_name=config_name,
+                   version_base="1.3")(_checked(task, config_name))()
 
     return main
 

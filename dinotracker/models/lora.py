@@ -24,8 +24,6 @@ import copy
 import torch
 from torch import nn
 
-LORA_DEFAULTS = dict(enabled=False, blocks=None, rank=8, alpha=0.5, dropout=0.1, targets=["qkv"], layer=None,
-                     facet=None, cache_prefix=True, prefix_dtype="float32")
 LORA_FEATURE_KEYS = ("layer", "facet", "blocks", "rank", "alpha", "dropout", "targets")
 ADAPTER = "default"
 

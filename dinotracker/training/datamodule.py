@@ -13,6 +13,8 @@ Assumes ``accumulate_grad_batches=1`` (one batch per optimizer step, as the refe
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import itertools
 import logging
 
@@ -28,8 +30,6 @@ from dinotracker.training.sampler import CorrespondenceSampler
 
 log = logging.getLogger(__name__)
 
-SAMPLER_KEYS = ("flow_pairs", "fg_ratio", "flow_frames", "bb_pairs", "bb_frame_pairs", "cycle_pairs",
-                "cycle_frame_pairs", "region_fg_ratio", "max_frames", "region_same_frame", "max_redraws")
 
 
 class _StepDataset(IterableDataset):
@@ -48,16 +48,19 @@ class CorrespondenceDataModule(L.LightningDataModule):
     """Infinite per-step correspondence batches for fitting one video.
 
     ``video`` is the preprocessed video; ``seed`` the sampler's base seed; other keyword
-    arguments go to :class:`CorrespondenceSampler` (the ``data.*`` config: flow_pairs, fg_ratio,
-    flow_frames, bb_pairs, bb_frame_pairs, cycle_pairs, cycle_frame_pairs, region_fg_ratio,
-    max_frames, region_same_frame, max_redraws).
+    arguments go to :class:`CorrespondenceSampler` (the ``data`` section of the config,
+    ``conf/data/default.yaml``; an option left out takes the sampler's keyword default, which
+    ``tests/config`` checks equals the YAML's).
     """
 
     def __init__(self, video: PreprocessedVideo, seed: int = 0, **sampler_kwargs):
         super().__init__()
-        bad = set(sampler_kwargs) - set(SAMPLER_KEYS)
+        known = [p for p in inspect.signature(CorrespondenceSampler).parameters if p not in ("video", "seed")]
+        bad = sorted(set(sampler_kwargs) - set(known))
         if bad:
-            raise ValueError(f"unknown data options {sorted(bad)}; expected a subset of {SAMPLER_KEYS}")
+            close = difflib.get_close_matches(bad[0], known, n=1)
+            hint = f" (did you mean data.{close[0]}?)" if close else ""
+            raise ValueError(f"unknown data option data.{bad[0]}{hint}; data has: {', '.join(sorted(known))}")
         self.video = video
         self.seed = int(seed)
         self.sampler_kwargs = dict(sampler_kwargs)

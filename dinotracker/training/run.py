@@ -145,9 +145,11 @@ def fit_video(cfg: DictConfig) -> float | None:
 
     Holds the run folder's lock (:mod:`dinotracker.utils.runlock`): a second fit on the same folder refuses."""
     from dinotracker.cli import video_help
+    from dinotracker.config import validate
     from dinotracker.training.loggers import own_experiments
     from dinotracker.utils.runlock import run_folder_lock
 
+    validate(cfg)  # bad values stop here, before any heavy import or work
     if cfg.get("video") is None:
         raise SystemExit(f"error: no video given\n  {video_help()}")
     out = _output_dir(cfg)
@@ -182,7 +184,7 @@ def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
 
     module, datamodule = build_training(pre, cfg)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "32-true"))
+    trainer_cfg["precision"] = resolve_precision(trainer_cfg["precision"])
     # a requeued Slurm job resumes from its own last.ckpt
     ckpt_path = resolve_ckpt_path(preemption.resume_ckpt_path(cfg.get("ckpt_path"), out), out)
     resume_step = checkpoint_step(ckpt_path) if ckpt_path else None
@@ -200,7 +202,7 @@ def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
 
 
 def _optimised(results: dict, cfg) -> float | None:
-    name = cfg.get("optimized_metric") or "average_jaccard"
+    name = cfg.optimized_metric
     m = results.get("methods", {}).get("dinotracker", {})
     return float(m[name]) if name in m else None
 
@@ -211,25 +213,15 @@ def build_training(pre, cfg):
     from dinotracker.training.datamodule import CorrespondenceDataModule
     from dinotracker.training.module import DinoTrackerModule
 
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    loss = OmegaConf.to_container(cfg.loss, resolve=True)
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    if str(cfg.backbone.name) == "none":
-        # Phi = 0: the prior terms are undefined and there are no DINO best-buddies (paper "w/o DINO")
-        loss["prior"]["norm_weight"] = loss["prior"]["angle_weight"] = 0.0
-        loss["dino_bb"]["weight"] = 0.0
-        model["delta_zero_init"] = False  # a zero residual on zero features would get no gradient
-        log.info("backbone=none: L_prior and L_dino-bb off, Delta-DINO's last layer randomly initialised")
+    off = [k for k in ("flow", "dino_bb", "refined_bb", "cycle", "prior") if not cfg.loss[k].enabled]
+    if off:  # e.g. backbone=none: backbone.has_features=false switches L_dino-bb and L_prior off (conf/loss)
+        log.info("loss terms off (loss.<term>.enabled=false): %s", ", ".join(off))
     backbone, spec = None, backbone_spec(cfg.backbone)
-    if model.get("lora", {}).get("enabled"):
+    if cfg.model.lora.enabled:
         # paper Tab. 2 "LoRA tune": the backbone runs in the training loop with adapters instead of Delta-DINO
-        if str(cfg.backbone.name) == "none":
-            raise ValueError("model.lora needs a DINO backbone (backbone=none has no weights to tune)")
         backbone = build_from_spec(spec)
-        model["lora"]["layer"] = int(cfg.backbone.layer) if model["lora"]["layer"] is None else model["lora"]["layer"]
-        model["lora"]["facet"] = str(cfg.backbone.facet) if model["lora"]["facet"] is None else model["lora"]["facet"]
-    module = DinoTrackerModule(pre, model=model, loss=loss, optim=optim, backbone=backbone, backbone_spec=spec,
-                               seed=int(cfg.seed))
+    module = DinoTrackerModule(pre, model=cfg.model, loss=cfg.loss, optim=cfg.optim, backbone=backbone,
+                               backbone_spec=spec, seed=int(cfg.seed))
     datamodule = CorrespondenceDataModule(pre, seed=int(cfg.seed), **OmegaConf.to_container(cfg.data, resolve=True))
     return module, datamodule
 
@@ -261,7 +253,7 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     if gt is None or not cfg.evaluate.enabled:
         return {}
     shown, full_index = video, None  # the frames tracked and scored (all of them for a subsampled fit)
-    if cfg.evaluate.get("all_frames") and int(cfg.get("subsample") or 1) > 1:
+    if cfg.evaluate.all_frames and int(cfg.subsample) > 1:
         # fitted on every k-th frame, tracked and scored on every frame (paper Tab. 4): the fitted model
         # runs on frames it never saw in training (their frozen features and flow are computed here)
         from dinotracker.preprocessing.pipeline import preprocess_inference_inputs
@@ -315,7 +307,7 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
 
 def fitted_video_config(cfg):
     """The ``video`` config with ``subsample`` applied: every k-th frame of the video's own range/stride."""
-    k = int(cfg.get("subsample") or 1)
+    k = int(cfg.subsample)
     if k < 1:
         raise ValueError(f"subsample must be >= 1, got {k}")
     if k == 1:

@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE))
 from train_step import random_video, row, sync, time_module_steps  # noqa: E402
 
 from dinotracker.backbones import build_backbone  # noqa: E402
+from dinotracker.config import module_options  # noqa: E402
 from dinotracker.preprocessing.features import extract_video_features  # noqa: E402
 from dinotracker.training.module import DinoTrackerModule  # noqa: E402
 from dinotracker.training.sampler import CorrespondenceSampler  # noqa: E402
@@ -50,8 +51,8 @@ def build(video, backbone_name, layer, mode, dev):
         model = {"use_delta": False, "lora": {"enabled": True, "layer": layer, "facet": "tokens",
                                               "cache_prefix": mode == "lora"}}
         backbone = build_backbone(backbone_name, source="random", stride=7)
-    m = DinoTrackerModule(video, model=model, backbone=backbone,
-                          loss={"refined_bb": {"start": 0}, "cycle": {"start": 0, "threshold": 1e6}}).to(dev)
+    opts = module_options(model=model, loss={"refined_bb": {"start": 0}, "cycle": {"start": 0, "threshold": 1e6}})
+    m = DinoTrackerModule(video, **opts, backbone=backbone).to(dev)
     m.train()
     fill = 0.0
     if mode == "lora":

@@ -34,6 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from dinotracker.config import module_options  # noqa: E402
 from dinotracker.geometry import Resize, patch_grid_size  # noqa: E402
 from dinotracker.preprocessing.types import BestBuddies, PreprocessedVideo  # noqa: E402
 from dinotracker.training.module import DinoTrackerModule  # noqa: E402
@@ -187,8 +188,9 @@ def time_sampler(sampler, steps: int) -> tuple[float, float]:
 def time_steps(video, sampler, dev, steps: int, warmup: int, mixed: bool, channels_last: bool,
                compile_: bool) -> tuple[float, float]:
     torch.manual_seed(0)
-    m = DinoTrackerModule(video, model={"channels_last": channels_last, "compile": compile_},
-                          loss={"refined_bb": {"start": 0}, "cycle": {"start": 0, "threshold": 1e6}}).to(dev)
+    opts = module_options(model={"channels_last": channels_last, "compile": compile_},
+                          loss={"refined_bb": {"start": 0}, "cycle": {"start": 0, "threshold": 1e6}})
+    m = DinoTrackerModule(video, **opts).to(dev)
     m.setup("fit")
     m.train()
     return time_module_steps(m, sampler, dev, steps, warmup, mixed)

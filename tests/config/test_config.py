@@ -32,7 +32,11 @@ def test_groups_exist():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment):
-    cfg = _compose(["+video=synthetic", f"experiment={experiment}"])
+    """Under struct mode, with every key one of the config's own (no experiment adds a key; see
+    tests/config/test_options.py) and every value valid."""
+    from dinotracker.config import compose
+
+    cfg = compose("fit", ["+video=synthetic", f"experiment={experiment}"])
     OmegaConf.resolve(cfg.video)
     assert cfg.trainer.max_steps > 0
     assert cfg.video.name == "synthetic-s0"

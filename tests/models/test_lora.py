@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 pytest.importorskip("peft")
 
 from dinotracker.backbones import build_backbone  # noqa: E402
+from dinotracker.config import module_options  # noqa: E402
 from dinotracker.models.lora import LoRAFeatures, resolve_lora_blocks  # noqa: E402
 from dinotracker.models.tracker import DinoTracker  # noqa: E402
 from dinotracker.preprocessing.features import extract_video_features  # noqa: E402
@@ -151,8 +152,9 @@ def test_missing_peft_is_a_clear_error(monkeypatch):
 
 def _module(video, backbone=None, seed=0):
     model = {"radius": 12.0, "use_delta": False, "lora": {"enabled": True, "layer": LAYER, "facet": "tokens"}}
-    return DinoTrackerModule(video, model=model, loss={"refined_bb": {"start": 2}, "cycle": {"start": 2}},
-                             optim={"decay_every": 2, "lr_lora": 0.05},
+    opts = module_options(model=model, loss={"refined_bb": {"start": 2}, "cycle": {"start": 2}},
+                          optim={"decay_every": 2, "lr_lora": 0.05})
+    return DinoTrackerModule(video, **opts,
                              backbone=_backbone() if backbone is None else backbone, backbone_spec=SPEC, seed=seed)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from dinotracker.config import module_options
 from dinotracker.training.callbacks import LossCurvePlot, TrackVisualization
 from dinotracker.training.datamodule import CorrespondenceDataModule, toy_preprocessed_video
 from dinotracker.training.module import DinoTrackerModule, load_exported
@@ -26,8 +27,8 @@ def _module(video, **loss):
     for k, v in loss.items():
         cfg.setdefault(k, {}).update(v)
     # a slim Delta-DINO keeps the CPU steps fast; the layer structure is the reference's
-    return DinoTrackerModule(video, model={"radius": 12.0, "delta_channels": (8, 16, 32)}, loss=cfg,
-                             optim={"decay_every": 2})
+    return DinoTrackerModule(video, **module_options(model={"radius": 12.0, "delta_channels": (8, 16, 32)},
+                                                     loss=cfg, optim={"decay_every": 2}))
 
 
 def _trainer(tmp_path, steps, callbacks=(), logger=False):
@@ -78,7 +79,7 @@ def test_losses_start_at_their_start_steps(video):
 
 
 def test_default_weights_match_spec(video):
-    m = DinoTrackerModule(video)
+    m = DinoTrackerModule(video, **module_options())
     lc, oc = m.loss_cfg, m.optim_cfg
     weights = tuple(lc[k]["weight"] for k in ("flow", "dino_bb", "refined_bb", "cycle"))
     assert weights == (1.0, 2.5e-4, 5e-5, 0.5)
@@ -86,14 +87,23 @@ def test_default_weights_match_spec(video):
     assert (lc["prior"]["norm_weight"], lc["prior"]["angle_weight"]) == (1e-4, 1e-4)
     assert (oc["lr_delta"], oc["lr_refiner"], oc["gamma"], oc["decay_every"]) == (0.01, 0.01, 0.999, 40)
     with pytest.raises(ValueError, match="unknown option loss.cycle.foo"):
-        DinoTrackerModule(video, loss={"cycle": {"foo": 1}})
+        module_options(loss={"cycle": {"foo": 1}})
     with pytest.raises(ValueError, match="pseudo_labels"):
-        DinoTrackerModule(video, loss={"cycle": {"pseudo_labels": "bad"}})
+        module_options(loss={"cycle": {"pseudo_labels": "bad"}})
+    bad = module_options()
+    bad["loss"]["cycle"]["pseudo_labels"] = "bad"  # the module checks the sections it is handed, too
+    with pytest.raises(ValueError, match=r"loss\.cycle\.pseudo_labels='bad': must be one of ema, lagged, same"):
+        DinoTrackerModule(video, **bad)
+    bad["loss"]["cycle"]["pseudo_labels"] = "ema"
+    del bad["loss"]["cycle"]["reduction"]
+    with pytest.raises(ValueError, match="missing option loss.cycle.reduction"):
+        DinoTrackerModule(video, **bad)
 
 
 def test_lr_schedule(video):
     for decay_refiner in (False, True):
-        m = DinoTrackerModule(video, optim={"decay_every": 3, "gamma": 0.5, "decay_refiner": decay_refiner})
+        m = DinoTrackerModule(video, **module_options(optim={"decay_every": 3, "gamma": 0.5,
+                                                             "decay_refiner": decay_refiner}))
         cfg = m.configure_optimizers()
         opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
         lrs = []

@@ -229,5 +229,5 @@ def test_datamodule_serves_batches_and_state(video):
     dm.load_state_dict({"seed": 2, "next_step": 7})
     b7 = next(iter(dm.train_dataloader()))
     assert b7.step == 7 and torch.equal(b7.flow.src_xy, dm.sampler.sample(7).flow.src_xy)
-    with pytest.raises(ValueError, match="unknown data options"):
+    with pytest.raises(ValueError, match=r"unknown data option data.flow_pair \(did you mean data.flow_pairs\?\)"):
         CorrespondenceDataModule(video, flow_pair=3)

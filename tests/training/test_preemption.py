@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 
+from dinotracker.config import module_options
 from dinotracker.training import preemption
 from dinotracker.training.datamodule import CorrespondenceDataModule, toy_preprocessed_video
 from dinotracker.training.module import DinoTrackerModule
@@ -27,8 +28,9 @@ def video():
 
 def _build(video):
     torch.manual_seed(123)
-    m = DinoTrackerModule(video, model={"radius": 12.0, "delta_channels": (8, 16, 32)},
-                          loss={"refined_bb": {"start": 2}, "cycle": {"start": 3}}, optim={"decay_every": 2})
+    m = DinoTrackerModule(video, **module_options(model={"radius": 12.0, "delta_channels": (8, 16, 32)},
+                                                  loss={"refined_bb": {"start": 2}, "cycle": {"start": 3}},
+                                                  optim={"decay_every": 2}))
     return m, CorrespondenceDataModule(video, seed=9, **SMALL)
 
 

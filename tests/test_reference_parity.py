@@ -237,7 +237,6 @@ def test_best_buddies_mutual_nn(bb_fx):
     close([got[k][0] for k in want], [want[k][0] for k in want], atol=1e-6, what="BB cosines")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 divergence 3: the flow filter's nearest-trajectory ties")
 @pytest.mark.parametrize("nms", ["fast", "torchvision"])
 def test_best_buddies_flow_filter_and_nms_ratio(bb_fx, nms):
     tracks = bb_fx["tracks_ref"] + 0.5  # the reference's pixel indices -> raster

@@ -271,7 +271,7 @@ def _frames(n, hw):
     return (torch.arange(n) * 10).to(torch.uint8)[:, None, None, None].expand(n, 3, *hw).contiguous()
 
 
-@pytest.mark.parametrize("kind", ["translation", "rotation", "blob"])
+@pytest.mark.parametrize("kind", ["translation", "rotation", "blob", "noisy"])
 def test_trajectory_chaining_on_analytic_flows(chain_fx, kind):
     fx = chain_fx[kind]
     hw = tuple(chain_fx["hw"].tolist())

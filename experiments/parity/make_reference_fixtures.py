@@ -24,7 +24,8 @@ Sections (shapes are tiny; C is small where the reference allows):
   ``compute_dino_bb_nms.run`` (box 30, IoU 0.2, top-400 clipped to the grid) on structured features of
   4 frames (8x12 grid) and integer-pixel trajectories (the reference's pixel-index convention).
 * ``chain``: ``extract_trajectories.save_trajectories`` (with and without the direct-flow filter) on
-  analytic flow fields (translation, rotation, a blob occluding a translating background), 4 frames at
+  analytic flow fields (translation, rotation, a blob occluding a translating background, and a fast
+  translation plus smooth noise whose fields sample outside the frame), 4 frames at
   32x48. The flows come from a stand-in for RAFT that reads the frame index out of the frame's grey
   level; frames are written to a temporary folder.
 * ``split``: ``split_trajectories_to_fg_bg.mask_filter_trajectories`` on the translation trajectories.
@@ -341,6 +342,7 @@ def motion(kind: str, t: float, xy: torch.Tensor, inverse: bool = False) -> torc
     raise ValueError(kind)
 
 
+NOISY_V = (0.3, -4.2)
 BLOB_C0, BLOB_V, BLOB_R, BG_V = (8.0, 16.0), (4.6, 0.3), 6.5, (-0.6, 0.4)
 
 
@@ -350,7 +352,12 @@ def flow_field(kind: str, a: int, b: int, hw=CH_HW) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
                             indexing="ij")
     p = torch.stack([xx, yy], -1).reshape(-1, 2)
-    if kind == "blob":  # a disc moving right over a slowly translating background: occlusion + disocclusion
+    if kind == "noisy":  # fast upward translation + smooth noise: flows that are not exact inverses
+        g = torch.Generator().manual_seed(100 * a + b)
+        noise = torch.nn.functional.interpolate(torch.randn(1, 2, h // 4, w // 4, generator=g, dtype=torch.float64),
+                                                size=(h, w), mode="bilinear", align_corners=True)[0]
+        f = (b - a) * torch.tensor(NOISY_V, dtype=p.dtype) + 0.8 * noise.reshape(2, -1).T
+    elif kind == "blob":  # a disc moving right over a slowly translating background: occlusion + disocclusion
         v, bv = torch.tensor(BLOB_V, dtype=p.dtype), torch.tensor(BG_V, dtype=p.dtype)
         centre = torch.tensor(BLOB_C0, dtype=p.dtype) + a * v
         inside = (p - centre).norm(dim=1) <= BLOB_R
@@ -388,7 +395,7 @@ def section_chain() -> dict:
     t = 4
     h, w = CH_HW
     res = {"hw": torch.tensor(CH_HW)}
-    for kind in ("translation", "rotation", "blob"):
+    for kind in ("translation", "rotation", "blob", "noisy"):
         fwd, bwd, direct = all_flows(kind, t)
         masks = {}
         orig = et.get_flows_with_masks

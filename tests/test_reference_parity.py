@@ -298,6 +298,23 @@ def test_fg_bg_split():
     assert torch.equal(fx["tracks_ref"][~fg].nan_to_num(-1), fx["bg"].nan_to_num(-1))
 
 
+def test_occlusion_prediction():
+    """ModelInference.infer: trajectories (the query frame re-predicted: force_query=False) and occlusion."""
+    from dinotracker.inference.occlusion import predict_occlusion, track_cosines
+    from dinotracker.inference.tracker import refined_maps, track_queries
+
+    fx = load("occlusion")
+    t = build_tracker(fx).eval()
+    maps = refined_maps(t, fx["video"], fx["raw"], dtype=torch.float32)
+    q = fx["queries"][:, [2, 0, 1]]  # reference (x, y, t) -> (t, x, y)
+    tracks = track_queries(t, maps, q, force_query=False)
+    close(tracks, fx["tracks"], atol=1e-4, what="inference tracks (px)")
+    close(track_cosines(t, maps, tracks, q[:, 0].long()), fx["cos"], atol=1e-5, what="track cosines")
+    occ = predict_occlusion(t, maps, q, tracks, anchor_cos=0.7, visible_cos=0.6).occluded
+    assert 0 < int(fx["occluded"].sum()) < fx["occluded"].numel()
+    assert torch.equal(occ, fx["occluded"]), f"{int((occ != fx['occluded']).sum())} occlusion flags differ"
+
+
 def test_lr_schedule():
     lr = load("schedule")["lr"]
     steps = range(lr.shape[0])

@@ -29,6 +29,8 @@ Sections (shapes are tiny; C is small where the reference allows):
   32x48. The flows come from a stand-in for RAFT that reads the frame index out of the frame's grey
   level; frames are written to a temporary folder.
 * ``split``: ``split_trajectories_to_fg_bg.mask_filter_trajectories`` on the translation trajectories.
+* ``occlusion``: ``ModelInference.infer`` (trajectories of 16 queries over 6 frames, anchor threshold 0.7,
+  cosine threshold 0.6) and the trajectory cosines, on a random tracker in eval mode.
 * ``schedule``: ``get_cnn_refiner_scheduler`` learning rates of both Adam groups over 400 steps.
 
 CPU patches applied at run time (the reference assumes CUDA and 476x854):
@@ -117,7 +119,7 @@ def smooth_video(g: torch.Generator, t: int, h: int, w: int) -> torch.Tensor:
     return torch.stack([big[0, :, 8:8 + h, 3 * i:3 * i + w] for i in range(t)]).contiguous()
 
 
-def tracker_shell(g: torch.Generator):
+def tracker_shell(g: torch.Generator, T: int = T):
     """The reference ``Tracker`` without its file loading: random Delta-DINO, head, video, features."""
     from data.dataset import RangeNormalizer
     from models.networks.delta_dino import DeltaDINO
@@ -446,6 +448,28 @@ def section_split(chain: dict) -> dict:
         return {"tracks_ref": tracks, "masks": masks, "fg": torch.load(d / "fg.pt"), "bg": torch.load(d / "bg.pt")}
 
 
+def section_occlusion() -> dict:
+    from data.dataset import RangeNormalizer
+    from models.model_inference import ModelInference
+
+    g = torch.Generator().manual_seed(4)
+    t = 6
+    m = tracker_shell(g, t)
+    out = {"video": m.video.clone(), "raw": m.dino_embed_video.clone(), "channels": torch.tensor(CH),
+           "delta_sd": {k: v.clone() for k, v in m.delta_dino.state_dict().items()},
+           "head_sd": {k: v.clone() for k, v in m.tracker_head.state_dict().items()}}
+    n = 16
+    q = torch.stack([torch.rand(n, generator=g) * (W - 1), torch.rand(n, generator=g) * (H - 1),
+                     torch.randint(0, t, (n,), generator=g).float()], 1)
+    inf = ModelInference(m, RangeNormalizer(shapes=(W, H, t)), anchor_cosine_similarity_threshold=0.7,
+                         cosine_similarity_threshold=0.6)
+    with torch.no_grad():
+        tracks, occ = inf.infer(q)
+        cos = inf.compute_trajectory_cos_sims(inf.compute_trajectories(q), q)
+    out.update(queries=q, tracks=tracks, occluded=occ, cos=cos)
+    return out
+
+
 def section_schedule() -> dict:
     from optimization.schedulers import get_cnn_refiner_scheduler
     p1, p2 = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
@@ -469,9 +493,9 @@ def main() -> None:
     torch.set_num_threads(2)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    want = set(filter(None, a.only.split(","))) or {"model", "losses", "bb", "chain", "split", "schedule"}
+    want = set(filter(None, a.only.split(","))) or {"model", "losses", "bb", "chain", "split", "occlusion", "schedule"}
     chain = None
-    for name in ("model", "losses", "bb", "chain", "split", "schedule"):
+    for name in ("model", "losses", "bb", "chain", "split", "occlusion", "schedule"):
         if name not in want:
             continue
         if name == "split":

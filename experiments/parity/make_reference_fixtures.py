@@ -37,9 +37,10 @@ CPU patches applied at run time (the reference assumes CUDA and 476x854):
 ``torch.Tensor.cuda`` -> identity; ``RangeNormalizer`` and ``get_vit_feature_coords_from_mask`` default to
 device ``"cpu"``; ``compute_dino_bb_nms.create_meshgrid`` gets this video's size instead of its hard-coded
 476x854 and its top-400 is clipped to the 96-cell grid; ``split_trajectories_to_fg_bg.load_masks`` defaults
-to the fixture's size instead of 476x854; ``raft_large`` is the analytic stand-in; ``imageio`` / ``matplotlib`` are stubbed when absent (only
-its frame-saving and plotting helpers use them); ``extract_trajectories`` turns autograd off globally at
-import, which is undone. Everything runs in fp32 on the CPU.
+to the fixture's size instead of 476x854; ``raft_large`` is the analytic stand-in; ``imageio`` /
+``matplotlib`` are stubbed when absent (only its frame-saving and plotting helpers use them);
+``extract_trajectories`` turns autograd off globally at import, which is undone. Everything runs in fp32
+on the CPU.
 """
 
 from __future__ import annotations

@@ -318,7 +318,9 @@ def test_occlusion_prediction():
     maps = refined_maps(t, fx["video"], fx["raw"], dtype=torch.float32)
     q = fx["queries"][:, [2, 0, 1]]  # reference (x, y, t) -> (t, x, y)
     tracks = track_queries(t, maps, q, force_query=False)
-    close(tracks, fx["tracks"], atol=1e-4, what="inference tracks (px)")
+    # 5e-4 px: the reference normalises cosines as dot / (|a||b|) on gathered copies, the project with unit
+    # vectors; fp32 rounding of ~1e-7 in the logits moves a soft-argmax over a peaked heatmap by ~1e-4 px
+    close(tracks, fx["tracks"], atol=5e-4, what="inference tracks (px)")
     close(track_cosines(t, maps, tracks, q[:, 0].long()), fx["cos"], atol=1e-5, what="track cosines")
     occ = predict_occlusion(t, maps, q, tracks, anchor_cos=0.7, visible_cos=0.6).occluded
     assert 0 < int(fx["occluded"].sum()) < fx["occluded"].numel()

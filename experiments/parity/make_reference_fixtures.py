@@ -500,6 +500,7 @@ def main() -> None:
     for name in ("model", "losses", "bb", "chain", "split", "occlusion", "schedule"):
         if name not in want:
             continue
+        torch.manual_seed(10 + len(name))  # module inits (e.g. the head's kaiming init) use the global RNG
         if name == "split":
             chain = chain or torch.load(out / "chain.pt")
             res = section_split(chain)

@@ -216,6 +216,64 @@ def test_losses_and_gradients(loss_fx):
         close_grads(mod, ref, 1e-4, name)
 
 
+def test_training_module_losses_and_gradients(loss_fx):
+    """DinoTrackerModule.compute_losses at step 5000 (all five losses on) in the reference-compatible
+    settings (model.align_mode=reference, loss.cycle.pseudo_labels=same) on the fixture's samples."""
+    import numpy as np
+
+    from dinotracker.geometry import Resize
+    from dinotracker.preprocessing.types import BestBuddies, PreprocessedVideo
+    from dinotracker.training.module import DinoTrackerModule
+    from dinotracker.training.sampler import Batch, Correspondences, RegionPairs
+
+    fx = loss_fx
+    n, hw = fx["video"].shape[0], tuple(fx["video"].shape[-2:])
+    frames = (fx["video"] * 255).round().to(torch.uint8)
+    assert torch.equal(frames.float() / 255, fx["video"])
+    video = PreprocessedVideo(name="parity", frames=frames, features=fx["raw"], patch=14, stride=7,
+                              tracks=torch.zeros(0, n, 2), tracks_fg=torch.zeros(0, dtype=torch.bool),
+                              fg_masks=fx["fg_masks"] > 0, best_buddies=BestBuddies.empty(), resize=Resize(hw, hw),
+                              frame_indices=np.arange(n))
+    ch = fx["channels"].tolist()
+    mod = DinoTrackerModule(video, model={"align_mode": "reference", "delta_channels": tuple(ch[1:-1])},
+                            loss={"cycle": {"pseudo_labels": "same"}})
+    mod.tracker.load_reference_state_dicts(without_filters(mod.tracker.delta_dino, fx["delta_sd"]), fx["head_sd"])
+    mod.train()
+    w = fx["weights"]
+
+    def corr(src, dst, sxy, dxy, weight):
+        return Correspondences(src.long(), dst.long(), sxy.float(), dxy.float(), weight.float(),
+                               torch.zeros(len(src), dtype=torch.bool))
+
+    flow = corr(fx["src"], fx["dst"], fx["points"], from_norm(fx["labels"], hw), torch.ones(len(fx["src"])))
+    parts = []
+    for s, d in fx["selectors"]["dino"].T.tolist():
+        b = fx["bb"][f"{s}_{d}"]
+        k = b["source_coords"].shape[0]
+        wt = LS.dino_bb_weights(b["r"], b["cos_sims"], w["bb_amb_sig_a"], w["bb_amb_sig_b"])
+        parts.append(corr(torch.full((k,), s), torch.full((k,), d), b["source_coords"], b["target_coords"], wt))
+    sel = fx["selectors"]["refined"]
+    cells = int(fx["raw"].shape[-2] * fx["raw"].shape[-1])
+    refined = RegionPairs(sel[0].long(), sel[1].long(), torch.rand(sel.shape[1], cells),
+                          torch.zeros(sel.shape[1], cells, dtype=torch.bool), n_fg=179, n_bg=cells)
+    cy = fx["cycle_labels"]
+    m = len(cy["source_points"])
+    cycle = corr(cy["source_frame_indices"], cy["target_frame_indices"], cy["source_points"][:, :2],
+                 torch.full((m, 2), float("nan")), torch.ones(m))
+    batch = Batch(step=5000, frames=torch.arange(n), flow=flow, dino_bb=Correspondences.cat(parts),
+                  refined_bb=refined, cycle=cycle)
+    total, terms = mod.compute_losses(batch, 5000)
+    names = {"flow": "flow", "dino_bb": "dino_bb", "refined_bb": "refined_bb", "cycle": "cycle",
+             "prior_norm": "norm", "prior_angle": "angle", "loss": "total"}
+    for ours, ref in names.items():
+        close(terms[ours], fx["losses"][ref], atol=1e-7, rtol=2e-5, what=f"module loss {ours}")
+    assert float(terms["cycle_kept"]) == 1.0
+    total.backward()
+    ref_head = {k.replace("cnn_refiner.", "net.", 1): v for k, v in fx["grads_head"].items()}
+    close_grads(mod.tracker.delta_dino, fx["grads_delta"], 1e-4, "module delta")
+    close_grads(mod.tracker.refiner, ref_head, 1e-4, "module head")
+
+
 # ------------------------------------------------------------------------------------------ best buddies
 @pytest.fixture(scope="module")
 def bb_fx():

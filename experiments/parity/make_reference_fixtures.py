@@ -132,7 +132,7 @@ def tracker_shell(g: torch.Generator, T: int = T):
     torch.nn.Module.__init__(m)
     m.stride, m.dino_patch_size, m.device, m.refined_features = 7, 14, "cpu", None
     m.cyc_n_frames, m.cyc_batch_size_per_frame, m.cyc_fg_points_ratio, m.cyc_thresh = 4, 256, 0.7, 4
-    m.video = smooth_video(g, T, H, W)
+    m.video = (smooth_video(g, T, H, W) * 255).round() / 255  # exactly uint8 / 255, as a decoded video
     base = torch.randn(1, C, 7, 11 + 2, generator=g)
     m.dino_embed_video = torch.cat([base[:, :, :, i % 3:i % 3 + 11] for i in range(T)]) \
         + 0.3 * torch.randn(T, C, 7, 11, generator=g)

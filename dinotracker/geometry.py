@@ -134,11 +134,12 @@ def patch_grid_to_sample_coords(xy: torch.Tensor, grid_hw: tuple[int, int], patc
 
 
 def sample_at(feature_map: torch.Tensor, xy: torch.Tensor, grid_hw_patch: tuple[int, int] | None = None,
-              patch: int | None = None, stride: int | None = None) -> torch.Tensor:
+              patch: int | None = None, stride: int | None = None, padding_mode: str = "border") -> torch.Tensor:
     """Bilinearly sample ``feature_map`` [B, C, h, w] at raster points ``xy`` [B, N, 2] -> [B, N, C].
 
     With ``patch``/``stride`` the map is a patch-feature grid (cells at patch centres);
-    without, it is a pixel-aligned image (cells at pixel centres).
+    without, it is a pixel-aligned image (cells at pixel centres). ``padding_mode``: grid_sample's
+    ``"border"`` (default) or ``"zeros"`` (cells beyond the map count as 0).
     """
     if patch is not None:
         uv = patch_grid_to_sample_coords(xy, feature_map.shape[-2:], patch, stride)
@@ -147,5 +148,5 @@ def sample_at(feature_map: torch.Tensor, xy: torch.Tensor, grid_hw_patch: tuple[
         uv = raster_to_grid(xy, feature_map.shape[-2:])
         align = False
     out = torch.nn.functional.grid_sample(feature_map, uv[:, :, None, :].to(feature_map.dtype),
-                                          mode="bilinear", padding_mode="border", align_corners=align)
+                                          mode="bilinear", padding_mode=padding_mode, align_corners=align)
     return out[..., 0].transpose(1, 2)

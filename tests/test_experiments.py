@@ -55,10 +55,14 @@ def test_experiment_runs_two_steps(experiment, tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert {"dinotracker", "still"} <= set(m["methods"])
     assert metric is not None and 0.0 <= metric <= 1.0
-    if experiment.startswith(("ablation/", "layers/", "subsample/")):  # the paper's row for this setting
+    if experiment.startswith(("ablation/", "layers/", "subsample/", "paper")):  # the paper's row for this setting
         ref = m["paper_reference"]
         assert ref["method"] in m["methods"] and 0.4 < ref["delta_avg"] < 0.9
-        assert f"Paper ({ref['label']}" in (run / "metrics.md").read_text()
+        md = (run / "metrics.md").read_text()
+        assert f"Paper ({ref['label']}" in md and "query mode strided)" in md
+        assert m["query_mode"] == "strided"  # evaluated as the paper's numbers, and every row says so
+        rows = [r for r in md.splitlines() if r.startswith("| ") and not r.startswith("| method")]
+        assert rows and all(r.split(" | ")[1] == "strided" for r in rows)
 
 
 def test_subsampled_fit_tracks_every_frame(tmp_path):

@@ -88,20 +88,50 @@ def _select(n: int, start: int, end: int | None, stride: int) -> np.ndarray:
     return np.arange(n, dtype=np.int64)[start:end:stride]
 
 
-def _read_video_file(path: Path, keep: set[int] | None) -> tuple[list[np.ndarray], float]:
+def _read_video_file(path: Path, start: int = 0, end: int | None = None, stride: int = 1,
+                     max_frames: int | None = None) -> tuple[list[np.ndarray], np.ndarray, float, int, int]:
+    """Decode the frames ``start:end:stride`` (at most ``max_frames``) of a video file.
+
+    Returns (RGB frames, their source indices, fps, source frame count, frames decoded). Frames outside the
+    selection are decoded (codecs are sequential) but never converted to RGB or kept, and decoding stops
+    after the last frame needed; the source frame count then comes from the stream header, or from counting
+    packets without decoding when the header has none.
+    """
     import av
 
+    _select(0, start, end, stride)  # validate the range before any decoding
     frames: list[np.ndarray] = []
+    idx: list[int] = []
+    decoded = 0
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.base_rate or 24.0)
+            header = int(stream.frames or 0)
+            stopped = False
             for i, frame in enumerate(container.decode(stream)):
-                if keep is None or i in keep:
+                decoded = i + 1
+                if i >= start and (i - start) % stride == 0:
                     frames.append(frame.to_ndarray(format="rgb24"))
+                    idx.append(i)
+                if (end is not None and i + 1 >= end) or (max_frames is not None and len(idx) >= max_frames):
+                    stopped = True
+                    break
+        total = decoded
+        if stopped:
+            total = header if header >= decoded else _count_packets(path)
     except (av.error.FFmpegError, IndexError) as err:
         raise VideoError(f"cannot decode video file {path}: {err}") from err
-    return frames, fps
+    return frames, np.asarray(idx, dtype=np.int64), fps, max(total, decoded), decoded
+
+
+def _count_packets(path: Path) -> int:
+    """Frames of a video file's first video stream, by demuxing (no decoding)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return sum(1 for p in container.demux(stream) if p.size)
 
 
 def load_video(path, masks=None, start: int = 0, end: int | None = None, stride: int = 1,
@@ -126,14 +156,9 @@ def load_video(path, masks=None, start: int = 0, end: int | None = None, stride:
         frames = [_read_image(files[i]) for i in idx]
         total = len(files)
     elif path.suffix.lower() in VIDEO_EXTS:
-        all_frames, fps = _read_video_file(path, None)
-        if not all_frames:
+        frames, idx, fps, total, decoded = _read_video_file(path, start, end, stride, max_frames)
+        if decoded == 0:
             raise VideoError(f"video file {path} has no decodable frames")
-        idx = _select(len(all_frames), start, end, stride)
-        if max_frames is not None:
-            idx = idx[:max_frames]
-        frames = [all_frames[i] for i in idx]
-        total = len(all_frames)
     else:
         raise VideoError(f"unsupported video input {path}: give a folder of {FRAME_EXTS} frames "
                          f"or a video file {VIDEO_EXTS}")

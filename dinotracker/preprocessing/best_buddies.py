@@ -18,6 +18,12 @@ Work runs on ``device``; returned :class:`BestBuddies` tensors are on the CPU (s
 Tie rule (documented, tested): every arg-max / arg-min returns the **first** (lowest) index among equal
 values, i.e. the lowest raster index ``row*w + col`` for best buddies and the lowest trajectory index for
 the nearest trajectory.
+
+Flow-filter lookup point (``query_shift``, default :data:`REFERENCE_QUERY_SHIFT` = 0.5 px): the reference
+keeps trajectories in pixel indices and looks the nearest one up at pixel index ``7 + 7k``, which is raster
+``7.5 + 7k``; our raster patch centre ``7 + 7k`` lies exactly between four pixel centres, where trajectories
+seeded on the pixel grid are equidistant and the lowest index (up-left) would win 4-way ties. The lookup
+therefore adds ``query_shift`` to x and y (0.0 = the geometric patch centre with lowest-index ties).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from dinotracker.geometry import patch_center_grid
 from dinotracker.preprocessing.types import BestBuddies
 
 _EPS = 1e-8
+REFERENCE_QUERY_SHIFT = 0.5  # px: the reference's nearest-trajectory lookup point, raster patch centre + 0.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,7 +285,7 @@ def nearest_trajectory(tracks: torch.Tensor, t: int, points: torch.Tensor, devic
 
 @torch.no_grad()
 def filter_by_trajectories(bb: BestBuddies, tracks_unfiltered: torch.Tensor, device="cpu",
-                           max_elems: int = 1 << 22) -> BestBuddies:
+                           max_elems: int = 1 << 22, query_shift: float = REFERENCE_QUERY_SHIFT) -> BestBuddies:
     """Keep the best buddies that the flow trajectories do not already connect (spec §2.5 5b/5c).
 
     tracks_unfiltered: [N, T, 2] raster (x, y) at model resolution, NaN where absent.
@@ -286,7 +293,8 @@ def filter_by_trajectories(bb: BestBuddies, tracks_unfiltered: torch.Tensor, dev
     tau_t the one nearest to p_t at frame t (Euclidean, absent = infinitely far, ties -> lowest index).
     The pair is kept iff tau_s does not exist at t AND tau_t does not exist at s (symmetric in s, t).
     If no trajectory exists at a frame there is no nearest one and that condition holds (the reference
-    would silently take trajectory 0 there).
+    would silently take trajectory 0 there). The nearest trajectory is looked up at the pair's points +
+    ``query_shift`` px in x and y (module docstring: 0.5 = the reference's pixel ``7 + 7k``).
 
     Which set: the paper excludes pairs in Omega_flow, the *filtered* (direct-flow checked) trajectories;
     the reference code uses the *unfiltered* set. The set is an argument (config ``filter_with``).
@@ -307,7 +315,7 @@ def filter_by_trajectories(bb: BestBuddies, tracks_unfiltered: torch.Tensor, dev
     # distinct (frame, x, y) queries over both endpoints
     ft = torch.cat([bb.src_t, bb.dst_t])
     xy = torch.cat([bb.src_xy, bb.dst_xy]).float()
-    keys = torch.cat([ft[:, None].float(), xy], dim=1)
+    keys = torch.cat([ft[:, None].float(), xy + float(query_shift)], dim=1)
     uniq, inv = torch.unique(keys, dim=0, return_inverse=True)
     near = torch.full((uniq.shape[0],), -1, dtype=torch.long)
     ut = uniq[:, 0].long()
@@ -466,14 +474,14 @@ def bb_weight(ratio: torch.Tensor, cos: torch.Tensor, a: float = 27.0, b: float 
     return torch.sigmoid(a * (1.0 - ratio) + b) * (2.0 * cos.pow(3)).clamp_min(0.0)
 
 
-def _connection_tables(features, patch, stride, tracks, device):
-    """([T, h*w] nearest trajectory per (frame, patch centre), -1 none; [N_tr, T] existence), on device."""
+def _connection_tables(features, patch, stride, tracks, device, query_shift: float = REFERENCE_QUERY_SHIFT):
+    """([T, h*w] nearest trajectory per (frame, patch centre + query_shift), -1 none; [N_tr, T] existence)."""
     if not isinstance(tracks, torch.Tensor) or tracks.dim() != 3 or tracks.shape[-1] != 2:
         raise ValueError("tracks_unfiltered must be a [N, T, 2] tensor of raster (x, y), NaN where absent")
     T = features.shape[0]
     if tracks.shape[1] != T:
         raise ValueError(f"trajectories cover {tracks.shape[1]} frames, features {T}")
-    centers = _grid_info(features, patch, stride)
+    centers = _grid_info(features, patch, stride) + float(query_shift)
     near = torch.stack([nearest_trajectory(tracks, t, centers, device=device) for t in range(T)])
     exists = ~torch.isnan(tracks).any(dim=-1)
     return near.to(device), exists.to(device)
@@ -483,7 +491,7 @@ def compute_best_buddies(features: torch.Tensor, patch: int, stride: int,
                          tracks_unfiltered: torch.Tensor | None = None, topk: int = 400,
                          box_half: float = 30.0, iou: float = 0.2, a: float = 27.0, b: float = -5.7,
                          pair_batch: int = 8, device="cpu", progress: bool = True, nms: str = "fast",
-                         chunk: int = 2048) -> BestBuddies:
+                         chunk: int = 2048, query_shift: float = REFERENCE_QUERY_SHIFT) -> BestBuddies:
     """Mutual NNs -> flow filter (when ``tracks_unfiltered`` is given) -> ambiguity ratio and weights.
 
     With ``nms="fast"`` (default) everything happens in one pass over the frame pairs: the nearest
@@ -492,14 +500,15 @@ def compute_best_buddies(features: torch.Tensor, patch: int, stride: int,
     With ``nms="torchvision"`` the three steps run one after the other, as in the reference. Same result.
 
     features [T, C, h, w]; tracks_unfiltered [N, T, 2] raster, NaN where absent (whichever trajectory
-    set the caller chose, see :func:`filter_by_trajectories`). Returns :class:`BestBuddies` on the CPU
-    with ``ratio`` = r and ``weight`` = :func:`bb_weight` (r, cos, a, b); empty when nothing survives.
+    set the caller chose, see :func:`filter_by_trajectories`; ``query_shift`` there). Returns
+    :class:`BestBuddies` on the CPU with ``ratio`` = r and ``weight`` = :func:`bb_weight` (r, cos, a, b);
+    empty when nothing survives.
     """
     fused = nms == "fast"
     if fused:
         connected = None
         if tracks_unfiltered is not None:
-            connected = _connection_tables(features, patch, stride, tracks_unfiltered, device)
+            connected = _connection_tables(features, patch, stride, tracks_unfiltered, device, query_shift)
         bb = mutual_nearest_neighbours(features, patch, stride, pair_batch=pair_batch, device=device,
                                        progress=progress, with_ratio=True, topk=topk, box_half=box_half,
                                        iou=iou, chunk=chunk, _connected=connected)
@@ -507,7 +516,7 @@ def compute_best_buddies(features: torch.Tensor, patch: int, stride: int,
         bb = mutual_nearest_neighbours(features, patch, stride, pair_batch=pair_batch, device=device,
                                        progress=progress)
         if tracks_unfiltered is not None and len(bb):
-            bb = filter_by_trajectories(bb, tracks_unfiltered, device=device)
+            bb = filter_by_trajectories(bb, tracks_unfiltered, device=device, query_shift=query_shift)
     if len(bb) == 0:
         return BestBuddies.empty()
     if not fused:

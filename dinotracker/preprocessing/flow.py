@@ -177,13 +177,22 @@ def build_flow(method: str = "dis", device="cpu", weights: str | None = None, nu
     raise ValueError(f"unknown flow.method {method!r}: use dis, raft_large or raft_small")
 
 
+FLOW_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
 def compute_consecutive_flows(estimator: FlowEstimator, frames: torch.Tensor, batch_size: int = 8,
-                              progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """frames uint8 [T,3,H,W] -> (forward, backward), each float16 [T-1,2,H,W] on the CPU.
+                              progress: bool = True, dtype: str = "float32") -> tuple[torch.Tensor, torch.Tensor]:
+    """frames uint8 [T,3,H,W] -> (forward, backward), each ``dtype`` [T-1,2,H,W] on the CPU.
 
     ``forward[i]`` is the flow i -> i+1 and ``backward[i]`` the flow i+1 -> i. Each ordered pair goes through
     the estimator exactly once; ``batch_size`` consecutive pairs (2 * batch_size ordered pairs) per call.
+    ``dtype`` (``flow.dtype``): ``"float32"`` (default, the reference) or ``"float16"``, half the cache
+    (16 B instead of 32 B per pixel and frame pair); fp16 rounds a 100 px flow to 1/16 px and moves chained
+    trajectories by up to ~1e-2 px, which flips some forward-backward decisions (docs/DESIGN.md).
     """
+    if dtype not in FLOW_DTYPES:
+        raise ValueError(f"flow dtype must be float32 or float16, got {dtype!r}")
+    out_dtype = FLOW_DTYPES[dtype]
     if frames.ndim != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
         raise ValueError(f"frames must be uint8 [T,3,H,W], got {frames.dtype} {tuple(frames.shape)}")
     t, _, h, w = frames.shape
@@ -191,12 +200,12 @@ def compute_consecutive_flows(estimator: FlowEstimator, frames: torch.Tensor, ba
         raise ValueError(f"optical flow needs at least 2 frames, got {t}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    fwd = torch.empty(t - 1, 2, h, w, dtype=torch.float16)
-    bwd = torch.empty(t - 1, 2, h, w, dtype=torch.float16)
+    fwd = torch.empty(t - 1, 2, h, w, dtype=out_dtype)
+    bwd = torch.empty(t - 1, 2, h, w, dtype=out_dtype)
     for a in tqdm(range(0, t - 1, batch_size), desc="flow", disable=not progress, leave=False):
         b = min(a + batch_size, t - 1)
         src, dst = frames[a:b], frames[a + 1:b + 1]
         both = estimator(torch.cat([src, dst]), torch.cat([dst, src]))
-        fwd[a:b] = both[: b - a].to(torch.float16)
-        bwd[a:b] = both[b - a:].to(torch.float16)
+        fwd[a:b] = both[: b - a].to(out_dtype)
+        bwd[a:b] = both[b - a:].to(out_dtype)
     return fwd, bwd

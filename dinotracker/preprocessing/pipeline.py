@@ -27,12 +27,19 @@ CACHE_VERSION = 1  # bump when a stage's on-disk format changes
 
 
 def resize_frames(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """uint8 [T,H,W,3] -> uint8 [T,3,h,w] with Lanczos (the reference resizes with PIL Lanczos)."""
+    """uint8 [T,H,W,3] -> uint8 [T,3,h,w] with PIL's Lanczos, as the reference resizes its frames.
+
+    PIL widens the Lanczos-3 kernel by the scale factor when downscaling (antialiasing); OpenCV's
+    ``INTER_LANCZOS4`` does not, and aliases textured 1080p content (22 grey levels from PIL on average).
+    """
+    from PIL import Image
+
     h, w = hw
     if frames.shape[1:3] == (h, w):
         out = frames
     else:
-        out = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_LANCZOS4) for f in frames])
+        out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((w, h), Image.LANCZOS))
+                        for f in frames])
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
@@ -69,7 +76,8 @@ class _Stages:
         arr, _ = self.cache.get_or_compute("frames", self.k_frames, lambda: (
             {"frames": resize_frames(video.frames, self.model_hw)}, {"model_hw": self.model_hw}), stats)
         self.frames = torch.from_numpy(np.array(arr["frames"]))
-        self.flow_keys = {k: _container(flow_cfg, k) for k in ("method", "weights", "num_updates", "dis_preset")}
+        self.flow_keys = {k: _container(flow_cfg, k) for k in ("method", "weights", "num_updates", "dis_preset",
+                                                               "dtype")}
 
     def estimator(self):
         from dinotracker.preprocessing.flow import build_flow
@@ -79,14 +87,15 @@ class _Stages:
                           num_updates=int(fk["num_updates"] or 24), dis_preset=fk["dis_preset"] or "medium")
 
     def flow(self) -> tuple[str, torch.Tensor, torch.Tensor]:
-        """Optical flow between consecutive frames (forward and backward, fp16): (key, forward, backward)."""
+        """Optical flow between consecutive frames (forward and backward, ``flow.dtype``): (key, forward, backward)."""
         k_flow = stable_hash(["flow", self.k_frames, self.flow_keys])
 
         def _flow():
             from dinotracker.preprocessing.flow import compute_consecutive_flows
 
             fwd, bwd = compute_consecutive_flows(self.estimator(), self.frames,
-                                                 batch_size=int(self.flow_cfg.batch_size), progress=self.progress)
+                                                 batch_size=int(self.flow_cfg.batch_size), progress=self.progress,
+                                                 dtype=self.flow_keys["dtype"] or "float32")
             return {"forward": fwd.numpy(), "backward": bwd.numpy()}, {"method": self.flow_keys["method"]}
 
         arr, _ = self.cache.get_or_compute("flow", k_flow, _flow, self.stats)

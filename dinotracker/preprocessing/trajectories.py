@@ -8,9 +8,12 @@ translate as follows:
   [0, W-1] x [0, H-1]); beyond it a bilinear flow sample would be border-clamped extrapolation.
 * "rounded to a pixel" is the pixel the raster point falls in, floor(x) (the reference's round(c); the two
   differ only at exact half-pixel ties, which ``torch.round`` breaks to even).
-* flows are sampled bilinearly with border padding (the reference pads with zeros; the two agree wherever
-  a trajectory is alive, and differ only in the continuation mask of pixels whose backward flow leaves the
-  frame, which the "missing forward warp" rule already catches at frame borders).
+* consecutive flows are sampled bilinearly with zero padding, as the reference's ``bilinear_sampler``: a
+  sample up to one pixel beyond the hull of pixel centres mixes in zeros. This matters only for the
+  continuation mask of pixels whose backward flow leaves the frame (with border padding 95 of 6144 mask
+  pixels differ on the parity fixture's noisy flow, 217 of 527k on a DAVIS video, changing which
+  trajectories start where); a live trajectory never samples outside, it is killed by the bounds test. The
+  direct-flow reliability check samples with border padding, as the reference's ``bilinear_interpolate_video``.
 
 Rules (reference ``extract_trajectories.py``):
 
@@ -66,9 +69,10 @@ def pixel_centres(hw: tuple[int, int], device=None) -> torch.Tensor:
     return torch.stack([xs, ys], -1).reshape(-1, 2).float() + 0.5
 
 
-def _sample(flow: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """flow [2,H,W] (any float dtype), raster pos [M,2] -> float32 [M,2] (bilinear, border)."""
-    return sample_at(flow[None].float(), pos[None])[0]
+def _sample(flow: torch.Tensor, pos: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+    """flow [2,H,W] (any float dtype), raster pos [M,2] -> float32 [M,2] (bilinear; zero padding like the
+    reference's consecutive-flow sampling, ``"border"`` for its direct-flow check)."""
+    return sample_at(flow[None].float(), pos[None], padding_mode=padding_mode)[0]
 
 
 def in_bounds(pos: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -256,7 +260,7 @@ def make_direct_flow_fn(estimator, frames: torch.Tensor, fb_threshold: float = 1
 
     ``frames`` uint8 [T,3,H,W]. The returned ``fn(s, ts)`` gives (flows float32 [len(ts),2,H,W] s -> t,
     reliable bool [len(ts),H,W]); a pixel is reliable when the direct flow passes its own forward-backward
-    check (|p - (p1 + F_{t->s}(p1))| < ``fb_threshold``, p1 = p + F_{s->t}(p), bilinear border sampling; the
+    check (|p - (p1 + F_{t->s}(p1))| < ``fb_threshold``, p1 = p + F_{s->t}(p), bilinear *border* sampling; the
     reference reuses the consecutive threshold here) and p1 lies in bounds (:func:`in_bounds`). Each call
     sends ``batch_size`` targets (both directions, 2 * batch_size ordered pairs) to the estimator at once.
     """
@@ -277,7 +281,7 @@ def make_direct_flow_fn(estimator, frames: torch.Tensor, fb_threshold: float = 1
             for k in range(len(chunk)):
                 fst, fts = both[k], both[len(chunk) + k]
                 land = grid + fst.reshape(2, -1).t()
-                back = land + _sample(fts, land)
+                back = land + _sample(fts, land, "border")
                 ok = ((back - grid).norm(dim=-1) < fb_threshold) & in_bounds(land, (h, w))
                 flows.append(fst)
                 reliable.append(ok.reshape(h, w))

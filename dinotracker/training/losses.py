@@ -1,7 +1,9 @@
 """DINO-Tracker losses (spec §4.3), each a pure function of tensors.
 
 Coordinates are model-resolution raster (x, y) px (see :mod:`dinotracker.geometry`). Feature
-maps are patch-grid maps (cell k at ``stride*k + patch/2``). Everything is computed in fp32.
+maps are patch-grid maps (cell k at ``stride*k + patch/2``). Everything is computed in fp32, also
+under autocast (bf16-mixed training): the cosine matmuls run with autocast disabled, as the
+tracker's cost volume does, since ``.float()`` alone does not stop autocast from casting a matmul.
 
 Reference normalisations (spec M10/M11) are reproduced by default and switchable:
 
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from dinotracker.geometry import patch_center_grid
-from dinotracker.models.tracker import point_features
+from dinotracker.models.tracker import no_autocast, point_features
 
 COS_EPS = 1e-8
 
@@ -90,13 +92,14 @@ def _pair_cosines(query: torch.Tensor, maps: torch.Tensor, map_index: torch.Tens
     of the maps; so does this (per distinct map, no [M, C, h, w] gather).
     """
     f, c, h, w = maps.shape
-    out = query.new_zeros(query.shape[0], h * w, dtype=torch.float32)
-    qn = query.float().norm(dim=-1)
-    for k in torch.unique(map_index).tolist():
-        sel = (map_index == k).nonzero(as_tuple=True)[0]
-        t = maps[k].float().reshape(c, h * w)
-        val = (query[sel].float() @ t) / (qn[sel, None] * t.norm(dim=0)[None]).clamp_min(eps)
-        out = out.index_put((sel,), val)
+    with no_autocast(query.device):
+        out = query.new_zeros(query.shape[0], h * w, dtype=torch.float32)
+        qn = query.float().norm(dim=-1)
+        for k in torch.unique(map_index).tolist():
+            sel = (map_index == k).nonzero(as_tuple=True)[0]
+            t = maps[k].float().reshape(c, h * w)
+            val = (query[sel].float() @ t) / (qn[sel, None] * t.norm(dim=0)[None]).clamp_min(eps)
+            out = out.index_put((sel,), val)
     return out
 
 
@@ -270,7 +273,8 @@ def refined_best_buddies(refined_maps_src: torch.Tensor, refined_maps_dst: torch
     col_max = torch.full((m,), -float("inf"), device=s.device)
     col_arg = torch.zeros(m, dtype=torch.long, device=s.device)
     for i in range(0, n, max(1, int(chunk))):
-        a = (s[i:i + chunk] @ d) / (sn[i:i + chunk, None] * dn[None]).clamp_min(eps)
+        with no_autocast(s.device):  # fp32 affinities under autocast: bf16 would flip near-tied argmaxes
+            a = (s[i:i + chunk] @ d) / (sn[i:i + chunk, None] * dn[None]).clamp_min(eps)
         row_max[i:i + chunk], row_arg[i:i + chunk] = a.max(dim=1)
         cmax, carg = a.max(dim=0)
         better = cmax > col_max  # strict: keep the earliest row on ties

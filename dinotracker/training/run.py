@@ -123,12 +123,15 @@ def evaluate_methods(predictions: dict, gt, video_hw, query_mode: str) -> dict:
     return out
 
 
-def metrics_table(methods: dict) -> str:
-    lines = ["| method | δ_avg | OA | AJ | <δ1 | <δ2 | <δ4 | <δ8 | <δ16 |", "|---|---|---|---|---|---|---|---|---|"]
+def metrics_table(methods: dict, query_mode: str) -> str:
+    """Markdown table of TAP-Vid metrics (%), with the query mode (``first`` / ``strided``) of each row."""
+    lines = ["| method | query mode | δ_avg | OA | AJ | <δ1 | <δ2 | <δ4 | <δ8 | <δ16 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in methods.items():
         cells = [m.get("delta_avg"), m.get("occlusion_accuracy"), m.get("average_jaccard")]
         cells += [m.get(f"pts_within_{d}") for d in (1, 2, 4, 8, 16)]
-        lines.append(f"| {name} | " + " | ".join("–" if c is None else f"{100 * c:.1f}" for c in cells) + " |")
+        lines.append(f"| {name} | {query_mode} | "
+                     + " | ".join("–" if c is None else f"{100 * c:.1f}" for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -136,8 +139,8 @@ def paper_line(ref: dict) -> str:
     """One Markdown line with the paper's numbers for an experiment (``paper_reference``)."""
     names = {"delta_avg": "δ_avg", "occlusion_accuracy": "OA", "average_jaccard": "AJ"}
     vals = ", ".join(f"{n} {100 * float(ref[k]):.1f}" for k, n in names.items() if ref.get(k) is not None)
-    return (f"Paper ({ref.get('label', '?')}, method `{ref.get('method', 'dinotracker')}`, full TAP-Vid-DAVIS-480): "
-            f"{vals}")
+    return (f"Paper ({ref.get('label', '?')}, method `{ref.get('method', 'dinotracker')}`, full TAP-Vid-DAVIS-480, "
+            f"query mode {ref.get('query_mode', 'strided')}): {vals}")
 
 
 def fit_video(cfg: DictConfig) -> float | None:
@@ -296,7 +299,7 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     if ref:
         results["paper_reference"] = OmegaConf.to_container(ref, resolve=True)
     write_json(out / "metrics.json", results)
-    table = metrics_table(methods)
+    table = metrics_table(methods, str(cfg.evaluate.query_mode))
     if ref:
         table += "\n\n" + paper_line(results["paper_reference"])
     (out / "metrics.md").write_text(f"# {video.name} ({len(queries)} ground-truth tracks, "

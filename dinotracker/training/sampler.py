@@ -303,8 +303,11 @@ class CorrespondenceSampler:
             pool = torch.cat([fr_fg, others])
         flow_fg, fr_fg = self._flow_group(0, n_fg, k, g, first_frames=fr_fg)
         flow_bg, fr_bg = self._flow_group(1, n_bg, k, g, pool=pool)
-        frames = torch.unique(torch.cat([fr_fg, fr_bg]))  # sorted
         flow = Correspondences.cat([flow_fg, flow_bg])
+        # the step's frames are those the drawn flow pairs use (the reference's frames_set_t), sorted: a drawn
+        # frame no pair uses would still enter BatchNorm, the prior loss and the BB / cycle frame draws
+        used = torch.cat([flow.src_slot, flow.dst_slot])
+        frames = torch.unique(used) if len(used) else torch.unique(torch.cat([fr_fg, fr_bg]))
         flow.src_slot = torch.searchsorted(frames, flow.src_slot)  # frame index -> slot
         flow.dst_slot = torch.searchsorted(frames, flow.dst_slot)
         return Batch(step=int(step), frames=frames, flow=flow, dino_bb=self._dino_bb(frames, g),

@@ -41,18 +41,21 @@ DATA = Path(os.environ.get("DINOTRACKER_DATA", REPO.parent / "shared" / "data"))
 # ----------------------------------------------------------------------------------------------
 
 def _bilinear(flow: np.ndarray, x: float, y: float) -> tuple[float, float]:
-    """flow [2,H,W] at raster (x, y): bilinear between pixel centres, clamped at the border."""
+    """flow [2,H,W] at raster (x, y): bilinear between pixel centres, cells beyond the frame count as 0
+    (zero padding, as the reference's bilinear_sampler)."""
     _, h, w = flow.shape
-    u = min(max(x - 0.5, 0.0), w - 1.0)
-    v = min(max(y - 0.5, 0.0), h - 1.0)
+    u, v = x - 0.5, y - 0.5
     j0, i0 = int(math.floor(u)), int(math.floor(v))
-    j1, i1 = min(j0 + 1, w - 1), min(i0 + 1, h - 1)
     a, b = u - j0, v - i0
     out = []
     for c in range(2):
         f = flow[c]
-        top = f[i0, j0] * (1 - a) + f[i0, j1] * a
-        bot = f[i1, j0] * (1 - a) + f[i1, j1] * a
+
+        def at(i, j, f=f):
+            return float(f[i, j]) if 0 <= i < h and 0 <= j < w else 0.0
+
+        top = at(i0, j0) * (1 - a) + at(i0, j0 + 1) * a
+        bot = at(i0 + 1, j0) * (1 - a) + at(i0 + 1, j0 + 1) * a
         out.append(float(top * (1 - b) + bot * b))
     return out[0], out[1]
 

@@ -50,6 +50,19 @@ def test_paper_experiment_values():
     assert _compose(["+video=horsejump", "experiment=paper_long"]).trainer.max_steps == 20000
 
 
+def test_paper_experiments_evaluate_like_their_paper_numbers():
+    """The paper's TAP-Vid numbers are query-strided: every experiment showing them evaluates strided."""
+    with_ref = 0
+    for experiment in EXPERIMENTS:
+        cfg = _compose(["+video=synthetic", f"experiment={experiment}"])
+        if cfg.paper_reference:
+            with_ref += 1
+            assert cfg.paper_reference.query_mode == "strided", experiment
+            assert cfg.evaluate.query_mode == cfg.paper_reference.query_mode, experiment
+    assert with_ref >= 20
+    assert _compose(["+video=synthetic", "experiment=paper"]).trainer.precision == "32-true"
+
+
 def test_path_video_name():
     cfg = _compose(["+video=path", "video.path=/some/where/my_clip.mp4"])
     assert cfg.video.name == "my_clip"

@@ -49,6 +49,26 @@ def test_mp4_round_trip(tmp_path):
     assert v.fps == pytest.approx(10)
 
 
+def test_mp4_range_and_stride_decode_only_what_is_needed(tmp_path):
+    """start/end/stride on a video file: the same frames as a full decode, frames outside the selection are
+    never converted to RGB and decoding stops at ``end`` (or once ``max_frames`` frames are kept)."""
+    from dinotracker.data import video as V
+
+    frames = _frames(t=20, h=32, w=48, seed=1)
+    path = write_video(tmp_path / "v.mp4", frames, fps=10, lossless=True)
+    full = load_video(path)
+    v = load_video(path, start=3, end=15, stride=4)
+    np.testing.assert_array_equal(v.frame_indices, [3, 7, 11])
+    np.testing.assert_array_equal(v.frames, full.frames[[3, 7, 11]])
+    assert v.source_num_frames == 20 and v.fps == pytest.approx(10 / 4)
+    kept, idx, fps, total, decoded = V._read_video_file(path, start=3, end=15, stride=4)
+    assert len(kept) == 3 and idx.tolist() == [3, 7, 11] and total == 20 and decoded <= 15
+    kept, idx, _, total, decoded = V._read_video_file(path, start=0, end=None, stride=2, max_frames=3)
+    assert idx.tolist() == [0, 2, 4] and total == 20 and decoded <= 5
+    kept, idx, _, total, decoded = V._read_video_file(path)
+    assert len(kept) == 20 and total == decoded == 20
+
+
 def test_mp4_odd_size_lossy(tmp_path):
     frames = _frames(t=4, h=31, w=45)
     v = load_video(write_video(tmp_path / "v.mp4", frames, fps=5))

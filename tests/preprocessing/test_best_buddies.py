@@ -112,14 +112,15 @@ def brute_nearest(tracks: np.ndarray, t: int, p) -> int:
     return -1 if not np.isfinite(d).any() else int(np.argmin(d))  # argmin: first index on ties
 
 
-def brute_filter_keep(bb: BestBuddies, tracks: np.ndarray) -> list[bool]:
-    """Per-pair Python loop of spec §2.5 5c (no trajectory at a frame -> condition holds)."""
+def brute_filter_keep(bb: BestBuddies, tracks: np.ndarray, shift: float = 0.5) -> list[bool]:
+    """Per-pair Python loop of spec §2.5 5c (no trajectory at a frame -> condition holds); the nearest
+    trajectory is looked up at the points + ``shift`` (the reference's pixel 7 + 7k is raster 7.5 + 7k)."""
     keep = []
     exists = ~np.isnan(tracks).any(-1)
     for k in range(len(bb)):
         s, t = int(bb.src_t[k]), int(bb.dst_t[k])
-        ns = brute_nearest(tracks, s, bb.src_xy[k].numpy())
-        nt = brute_nearest(tracks, t, bb.dst_xy[k].numpy())
+        ns = brute_nearest(tracks, s, bb.src_xy[k].numpy() + shift)
+        nt = brute_nearest(tracks, t, bb.dst_xy[k].numpy() + shift)
         keep.append((ns < 0 or not exists[ns, t]) and (nt < 0 or not exists[nt, s]))
     return keep
 

@@ -53,13 +53,30 @@ def test_consecutive_flows_each_pair_once():
     frames = torch.arange(t, dtype=torch.uint8)[:, None, None, None].expand(t, 3, 5, 6).contiguous()
     est = RecordingEstimator()
     fwd, bwd = compute_consecutive_flows(est, frames, batch_size=3, progress=False)
-    assert fwd.shape == bwd.shape == (t - 1, 2, 5, 6) and fwd.dtype == bwd.dtype == torch.float16
+    assert fwd.shape == bwd.shape == (t - 1, 2, 5, 6) and fwd.dtype == bwd.dtype == torch.float32
     expected = [(i, i + 1) for i in range(t - 1)] + [(i + 1, i) for i in range(t - 1)]
     assert sorted(est.pairs) == sorted(expected)  # every ordered consecutive pair exactly once
     assert est.calls == 2  # ceil(6 / 3) calls, both directions in the same call
     for i in range(t - 1):
         assert (fwd[i, 0] == i).all() and (fwd[i, 1] == i + 1).all()  # forward[i]: i -> i+1
         assert (bwd[i, 0] == i + 1).all() and (bwd[i, 1] == i).all()  # backward[i]: i+1 -> i
+
+
+class FractionalEstimator:
+    """Constant sub-pixel flow 1/3 + 100 (not representable in fp16: 100.3125 there)."""
+
+    def __call__(self, src, dst):
+        return torch.full((src.shape[0], 2, *src.shape[-2:]), 100 + 1 / 3)
+
+
+def test_consecutive_flows_cached_fp32_by_default_fp16_optional():
+    frames = torch.zeros(3, 3, 4, 5, dtype=torch.uint8)
+    fwd, bwd = compute_consecutive_flows(FractionalEstimator(), frames, progress=False)
+    assert fwd.dtype == torch.float32 and (fwd == torch.tensor(100 + 1 / 3)).all()  # exact, like the reference
+    f16, _ = compute_consecutive_flows(FractionalEstimator(), frames, progress=False, dtype="float16")
+    assert f16.dtype == torch.float16 and abs(float(f16[0, 0, 0, 0]) - (100 + 1 / 3)) > 1e-2
+    with pytest.raises(ValueError, match="float32 or float16"):
+        compute_consecutive_flows(FractionalEstimator(), frames, progress=False, dtype="int8")
 
 
 def test_consecutive_flows_bad_input():

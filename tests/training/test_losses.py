@@ -295,3 +295,31 @@ def test_losses_drive_gradients_into_delta_dino():
     loss = loss + prior_loss(feats, raw, 1e-4, 1e-4)
     loss.backward()
     assert t.delta_dino.layers[-2].weight.grad.abs().sum() > 0
+
+
+def test_similarity_math_stays_fp32_under_autocast():
+    """Under bf16 autocast (bf16-mixed training) the contrastive losses, their gradients and the refined
+    best buddies equal the fp32 computation: their cosine matmuls run with autocast disabled."""
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(3, 64, 6, 9, generator=g, requires_grad=True)
+    m = 40
+    src_i, dst_i = torch.randint(0, 3, (m,), generator=g), torch.randint(0, 3, (m,), generator=g)
+    cells = torch.randint(0, 6 * 9, (2, m), generator=g)
+    xy = torch.stack([cells % 9 * 7.0 + 7, cells // 9 * 7.0 + 7], -1)  # patch centres (x, y)
+    w = torch.rand(m, generator=g)
+
+    def run(autocast: bool):
+        maps.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # forward only, as Lightning
+            loss = dino_bb_loss(maps, src_i, xy[0], dst_i, xy[1], w, 14, 7)
+            bb = refined_best_buddies(maps[0].detach(), maps[1].detach(), 14, 7)
+        loss.backward()
+        return loss.detach(), maps.grad.clone(), bb
+
+    l32, g32, bb32 = run(False)
+    l16, g16, bb16 = run(True)
+    assert l16.dtype == torch.float32
+    torch.testing.assert_close(l16, l32, rtol=1e-6, atol=0)
+    torch.testing.assert_close(g16, g32, rtol=1e-5, atol=1e-9)
+    assert torch.equal(bb16.src_cell, bb32.src_cell) and torch.equal(bb16.dst_cell, bb32.dst_cell)
+    torch.testing.assert_close(bb16.affinity, bb32.affinity, rtol=1e-6, atol=0)

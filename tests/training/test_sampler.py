@@ -231,3 +231,24 @@ def test_datamodule_serves_batches_and_state(video):
     assert b7.step == 7 and torch.equal(b7.flow.src_xy, dm.sampler.sample(7).flow.src_xy)
     with pytest.raises(ValueError, match=r"unknown data option data.flow_pair \(did you mean data.flow_pairs\?\)"):
         CorrespondenceDataModule(video, flow_pair=3)
+
+
+def test_step_frames_are_the_frames_the_flow_pairs_use(video):
+    """The reference's frames_set_t: the sorted frames the drawn flow pairs touch, not every drawn frame
+    (BatchNorm statistics, the prior loss and the BB / cycle frame draws run over this set)."""
+    import copy
+
+    v = copy.copy(video)
+    v.tracks = video.tracks.clone()
+    v.tracks[video.tracks_fg.bool(), 7:] = float("nan")  # frames 7-9 have no fg trajectories
+    s = CorrespondenceSampler(v, flow_pairs=6, bb_pairs=16, cycle_pairs=16, seed=3)
+    sizes = []
+    for step in range(40):
+        b = s.sample(step)
+        used = torch.unique(torch.cat([b.frames[b.flow.src_slot], b.frames[b.flow.dst_slot]]))
+        assert torch.equal(b.frames, used), f"step {step}: frames {b.frames.tolist()}, flow uses {used.tolist()}"
+        for c in (b.dino_bb, b.cycle):
+            if len(c):
+                assert int(torch.cat([c.src_slot, c.dst_slot]).max()) < len(b.frames)
+        sizes.append(len(b.frames))
+    assert min(sizes) >= 2

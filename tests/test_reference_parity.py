@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dinotracker.config import module_options
 from dinotracker.models.delta_dino import DeltaDINO, align_to_patch_grid
 from dinotracker.models.tracker import DinoTracker, sample_points
 from dinotracker.preprocessing import best_buddies as BB
@@ -235,8 +236,9 @@ def test_training_module_losses_and_gradients(loss_fx):
                               fg_masks=fx["fg_masks"] > 0, best_buddies=BestBuddies.empty(), resize=Resize(hw, hw),
                               frame_indices=np.arange(n))
     ch = fx["channels"].tolist()
-    mod = DinoTrackerModule(video, model={"align_mode": "reference", "delta_channels": tuple(ch[1:-1])},
-                            loss={"cycle": {"pseudo_labels": "same"}})
+    mod = DinoTrackerModule(video, **module_options(model={"align_mode": "reference",
+                                                           "delta_channels": tuple(ch[1:-1])},
+                                                    loss={"cycle": {"pseudo_labels": "same"}}))
     mod.tracker.load_reference_state_dicts(without_filters(mod.tracker.delta_dino, fx["delta_sd"]), fx["head_sd"])
     mod.train()
     w = fx["weights"]

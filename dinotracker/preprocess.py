@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> dict:
     out = Path(HydraConfig.get().runtime.output_dir)
     info = dict(preprocessed=preprocessed_info(pre), stats=stats)
     (out / "preprocess_summary.json").write_text(json.dumps(info, indent=1, default=str))
-    log.info("cache ready: %s", pre.meta["cache_dir"])
+    log.info("cache ready: %s", pre.index.cache_dir)
     return info
 
 

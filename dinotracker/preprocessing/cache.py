@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,10 @@ def array_hash(arr: np.ndarray, length: int = 16) -> str:
 class StageCache:
     """Stage entries of one video under ``root``."""
 
-    def __init__(self, root):
+    def __init__(self, root, create: bool = True):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / f"{stage}-{key}"
@@ -110,3 +112,147 @@ class StageCache:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
         return removed
+
+
+# ---------------------------------------------------------------------- the typed index
+@dataclass(frozen=True)
+class StageRef:
+    """One stage entry of a video's cache: the folder ``<cache_dir>/<stage>-<key>/``."""
+
+    stage: str
+    key: str
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.stage}-{self.key}"
+
+    @classmethod
+    def parse(cls, name: str) -> StageRef:
+        """A legacy ``"<stage>-<key>"`` entry name (indexes written before :class:`CacheIndex`)."""
+        stage, sep, key = str(name).rpartition("-")
+        if not sep or not stage or not key:
+            raise ValueError(f"not a cache entry name (<stage>-<key>): {name!r}")
+        return cls(stage, key)
+
+
+INDEX_FILE = "preprocessed.json"
+INDEX_FORMAT = 2  # 1: the untyped dict with an "entries" list of "<stage>-<key>" strings (still read)
+
+
+@dataclass
+class CacheIndex:
+    """Which entries of a video's cache folder make up one preprocessed video, and its geometry.
+
+    Written as JSON (:meth:`to_dict`) into the cache folder (``preprocessed.json``, the most recent
+    preprocessing of that video) and into a fitted run's ``run_info.json`` (``preprocessed``: what binds the
+    fitted tracker to its video). ``stages`` maps a stage name (``frames``, ``flow``, ``trajectories``,
+    ``features``, ``masks``, ``split``, ``best_buddies``) to its entry; an inference-only index
+    (:func:`~dinotracker.preprocessing.pipeline.preprocess_inference_inputs`) has only some of them.
+    """
+
+    name: str
+    cache_dir: Path
+    patch: int
+    stride: int
+    input_hw: tuple[int, int]
+    model_hw: tuple[int, int]
+    frame_indices: list[int]
+    stages: dict[str, StageRef]
+    backbone: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.cache_dir = Path(self.cache_dir)
+        self.patch, self.stride = int(self.patch), int(self.stride)
+        self.input_hw = (int(self.input_hw[0]), int(self.input_hw[1]))
+        self.model_hw = (int(self.model_hw[0]), int(self.model_hw[1]))
+        self.frame_indices = [int(i) for i in self.frame_indices]
+        for stage, ref in self.stages.items():
+            if not isinstance(ref, StageRef) or ref.stage != stage:
+                raise ValueError(f"cache index stage {stage!r} holds {ref!r}")
+
+    # ------------------------------------------------------------------ look-ups
+    @property
+    def resize(self):
+        from dinotracker.geometry import Resize
+
+        return Resize(self.input_hw, self.model_hw)
+
+    def ref(self, stage: str) -> StageRef:
+        if stage not in self.stages:
+            raise FileNotFoundError(f"preprocessing cache {self.cache_dir} has no {stage!r} entry for "
+                                    f"{self.name} (it has {sorted(self.stages)})")
+        return self.stages[stage]
+
+    def require(self, *stages: str) -> None:
+        """FileNotFoundError naming the missing ones unless every stage in ``stages`` is indexed."""
+        missing = [s for s in stages if s not in self.stages]
+        if missing:
+            raise FileNotFoundError(f"preprocessing cache {self.cache_dir} lacks {missing} entries for {self.name}")
+
+    def path(self, stage: str) -> Path:
+        return self.cache_dir / self.ref(stage).dirname
+
+    def load(self, stage: str) -> dict[str, np.ndarray]:
+        """The arrays of ``stage``'s entry (memory-mapped)."""
+        ref = self.ref(stage)
+        return StageCache(self.cache_dir, create=False).load(ref.stage, ref.key)[0]
+
+    def moved_to(self, cache_dir) -> CacheIndex:
+        """The same entries in another folder (a moved or copied cache)."""
+        return replace(self, cache_dir=Path(cache_dir), stages=dict(self.stages), extra=dict(self.extra))
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict:
+        return dict(format=INDEX_FORMAT, name=self.name, cache_dir=str(self.cache_dir.resolve()), patch=self.patch,
+                    stride=self.stride, input_hw=list(self.input_hw), model_hw=list(self.model_hw),
+                    frame_indices=list(self.frame_indices), stages={s: r.key for s, r in sorted(self.stages.items())},
+                    backbone=self.backbone, **self.extra)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CacheIndex:
+        """Read :meth:`to_dict`'s dict, or the untyped index of format 1 (``entries: ["<stage>-<key>", ...]``)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a cache index must be a dict, got {type(d).__name__}")
+        if "stages" in d:
+            stages = {str(s): StageRef(str(s), str(k)) for s, k in d["stages"].items()}
+        elif "entries" in d:
+            refs = [StageRef.parse(e) for e in d["entries"]]
+            stages = {r.stage: r for r in refs}
+        else:
+            raise ValueError(f"not a preprocessing cache index (no 'stages'): keys {sorted(d)}")
+        known = {"format", "name", "cache_dir", "patch", "stride", "input_hw", "model_hw", "frame_indices",
+                 "stages", "entries", "backbone"}
+        missing = [k for k in ("cache_dir", "patch", "stride", "input_hw", "model_hw") if k not in d]
+        if missing:
+            raise ValueError(f"cache index lacks {missing}")
+        return cls(name=str(d.get("name", "video")), cache_dir=Path(d["cache_dir"]), patch=d["patch"],
+                   stride=d["stride"], input_hw=d["input_hw"], model_hw=d["model_hw"],
+                   frame_indices=d.get("frame_indices") or [], stages=stages, backbone=d.get("backbone"),
+                   extra={k: v for k, v in d.items() if k not in known})
+
+    @classmethod
+    def coerce(cls, source) -> CacheIndex:
+        """A :class:`CacheIndex` from itself, its dict, or a cache folder (its ``preprocessed.json``)."""
+        if isinstance(source, CacheIndex):
+            return source
+        if isinstance(source, dict):
+            return cls.from_dict(source)
+        return cls.read(source)
+
+    @classmethod
+    def read(cls, folder) -> CacheIndex:
+        """The most recent index of a video's cache folder (``<folder>/preprocessed.json``)."""
+        path = Path(folder) / INDEX_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not a preprocessing cache (no {INDEX_FILE}); run "
+                                    "`python -m dinotracker.preprocess +video=...` first")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def write(self) -> Path:
+        """Record this index as the cache folder's most recent ``preprocessed.json`` (atomic)."""
+        path = self.cache_dir / INDEX_FILE
+        tmp = path.with_name(f".{INDEX_FILE}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=str))
+        os.replace(tmp, path)
+        return path

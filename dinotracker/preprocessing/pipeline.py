@@ -17,7 +17,7 @@ import torch
 
 from dinotracker.data.video import Video
 from dinotracker.geometry import Resize, model_size
-from dinotracker.preprocessing.cache import StageCache, array_hash, stable_hash
+from dinotracker.preprocessing.cache import CacheIndex, StageCache, StageRef, array_hash, stable_hash
 from dinotracker.preprocessing.types import BestBuddies, PreprocessedVideo
 from dinotracker.utils.device import resolve_device
 
@@ -106,22 +106,25 @@ class _Stages:
         arr, _ = self.cache.get_or_compute("features", k_feat, _features, self.stats)
         return k_feat, arr, bb_keys
 
-    def index(self, entries: dict) -> dict:
-        """A cache index (:func:`cache_index`) of ``{stage: key}``."""
-        return cache_index(self.video.name, self.cache.root, self.patch, self.stride, self.resize,
-                           self.video.frame_indices, sorted(self.cache.path(s, k).name for s, k in entries.items()))
+    def index(self, entries: dict, backbone: dict | None = None) -> CacheIndex:
+        """The :class:`CacheIndex` of ``{stage: key}``."""
+        return CacheIndex(name=self.video.name, cache_dir=self.cache.root.resolve(), patch=self.patch,
+                          stride=self.stride, input_hw=self.resize.input_hw, model_hw=self.resize.model_hw,
+                          frame_indices=self.video.frame_indices.tolist(),
+                          stages={s: StageRef(s, k) for s, k in entries.items()}, backbone=backbone)
 
 
 def preprocess_inference_inputs(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root,
-                                progress: bool = True) -> dict:
+                                progress: bool = True) -> CacheIndex:
     """Only what tracking with a fitted model needs (frames at model resolution, frozen features) plus the
-    consecutive flow (the flow-chaining baseline), cached like :func:`preprocess_video`. Returns a cache
-    index for :func:`dinotracker.inference.api.load_inference_video` (``frames``, ``features``, ``flow``
-    entries). Used to track all frames of a video fitted on every k-th frame (paper Tab. 4)."""
+    consecutive flow (the flow-chaining baseline), cached like :func:`preprocess_video`. Returns the
+    :class:`CacheIndex` of the ``frames``, ``features`` and ``flow`` entries (for
+    :func:`dinotracker.inference.api.load_inference_video`). Used to track all frames of a video fitted on
+    every k-th frame (paper Tab. 4)."""
     st = _Stages(video, backbone_cfg, flow_cfg, pre_cfg, cache_root, progress, {})
     k_flow = st.flow()[0]
-    k_feat = st.features(need_saliency=False)[0]
-    return st.index({"frames": st.k_frames, "flow": k_flow, "features": k_feat})
+    k_feat, _, bb_keys = st.features(need_saliency=False)
+    return st.index({"frames": st.k_frames, "flow": k_flow, "features": k_feat}, backbone=bb_keys)
 
 
 def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, progress: bool = True,
@@ -216,17 +219,14 @@ def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, 
     barr, _ = cache.get_or_compute("best_buddies", k_bb, _bb, stats)
     best_buddies = BestBuddies(**{k: torch.from_numpy(np.array(barr[k])) for k in BB_FIELDS})
 
-    keep = {cache.path(s, k).name for s, k in [("frames", k_frames), ("flow", k_flow), ("trajectories", k_traj),
-                                               ("features", k_feat), ("masks", k_mask), ("split", k_split),
-                                               ("best_buddies", k_bb)]}
+    index = st.index(dict(frames=k_frames, flow=k_flow, trajectories=k_traj, features=k_feat, masks=k_mask,
+                          split=k_split, best_buddies=k_bb), backbone=bb_keys)
     pre = PreprocessedVideo(
         name=video.name, frames=frames, features=features, patch=patch, stride=stride, tracks=tracks,
         tracks_fg=tracks_fg, fg_masks=fg_masks, best_buddies=best_buddies, resize=resize,
-        frame_indices=video.frame_indices,
-        meta=dict(cache_dir=str(cache.root), entries=sorted(keep), mask_source=mmeta.get("source"),
-                  backbone=bb_keys, stats=stats))
+        frame_indices=video.frame_indices, meta=dict(mask_source=mmeta.get("source"), stats=stats), index=index)
     _log_summary(pre, stats, meta_traj)
-    write_preprocessed_index(pre)
+    index.write()
     return pre
 
 
@@ -291,59 +291,22 @@ def _log_summary(pre: PreprocessedVideo, stats: dict, meta_traj: dict) -> None:
 
 
 def load_preprocessed(source) -> PreprocessedVideo:
-    """Rebuild a :class:`PreprocessedVideo` from :func:`preprocessed_info`'s dict (kept in a run's
-    ``run_info.json``) or from a cache folder (its most recent ``preprocessed.json``)."""
-    import json
-
-    if isinstance(source, dict):
-        info = source
-    else:
-        info = json.loads((Path(source) / "preprocessed.json").read_text())
-    cache_dir = Path(info["cache_dir"])
-    entries = info["entries"]
-    by_stage = {}
-    for e in entries:
-        stage = e.rsplit("-", 1)[0]
-        by_stage[stage] = e.rsplit("-", 1)[1]
-    cache = StageCache(cache_dir)
-
-    def _get(stage):
-        return cache.load(stage, by_stage[stage])[0]
-
-    bb = _get("best_buddies")
+    """Rebuild a :class:`PreprocessedVideo` from its :class:`CacheIndex` (or the index's dict, as kept in a
+    run's ``run_info.json``) or from a cache folder (its most recent ``preprocessed.json``)."""
+    index = CacheIndex.coerce(source)
+    index.require("frames", "features", "trajectories", "split", "masks", "best_buddies")
+    bb = index.load("best_buddies")
     return PreprocessedVideo(
-        name=info["name"], frames=torch.from_numpy(np.array(_get("frames")["frames"])),
-        features=torch.from_numpy(np.array(_get("features")["features"])), patch=info["patch"],
-        stride=info["stride"], tracks=torch.from_numpy(np.array(_get("trajectories")["tracks"])),
-        tracks_fg=torch.from_numpy(np.array(_get("split")["tracks_fg"])).bool(),
-        fg_masks=torch.from_numpy(np.array(_get("masks")["fg"])).bool(),
+        name=index.name, frames=torch.from_numpy(np.array(index.load("frames")["frames"])),
+        features=torch.from_numpy(np.array(index.load("features")["features"])), patch=index.patch,
+        stride=index.stride, tracks=torch.from_numpy(np.array(index.load("trajectories")["tracks"])),
+        tracks_fg=torch.from_numpy(np.array(index.load("split")["tracks_fg"])).bool(),
+        fg_masks=torch.from_numpy(np.array(index.load("masks")["fg"])).bool(),
         best_buddies=BestBuddies(**{k: torch.from_numpy(np.array(bb[k])) for k in BB_FIELDS}),
-        resize=Resize(tuple(info["input_hw"]), tuple(info["model_hw"])),
-        frame_indices=np.asarray(info["frame_indices"]), meta=info)
-
-
-def cache_index(name: str, cache_dir, patch: int, stride: int, resize: Resize, frame_indices, entries,
-                **extra) -> dict:
-    """The JSON-able index of a video's cache entries (``preprocessed.json``; what :func:`load_preprocessed`
-    and :func:`dinotracker.inference.api.load_inference_video` read)."""
-    return dict(name=name, cache_dir=str(Path(cache_dir).resolve()), patch=int(patch), stride=int(stride),
-                input_hw=list(resize.input_hw), model_hw=list(resize.model_hw),
-                frame_indices=[int(i) for i in frame_indices], entries=list(entries), **extra)
+        resize=index.resize, frame_indices=np.asarray(index.frame_indices), meta={}, index=index)
 
 
 def preprocessed_info(pre: PreprocessedVideo) -> dict:
-    """What :func:`load_preprocessed` needs to rebuild ``pre`` from the cache (JSON-able)."""
-    return cache_index(pre.name, pre.meta["cache_dir"], pre.patch, pre.stride, pre.resize, pre.frame_indices,
-                       pre.meta["entries"], backbone=pre.meta.get("backbone"))
-
-
-def write_preprocessed_index(pre: PreprocessedVideo) -> Path:
-    """Record ``pre``'s entries as the cache folder's most recent ``preprocessed.json``."""
-    import json
-
-    path = Path(pre.meta["cache_dir"]) / "preprocessed.json"
-    info = preprocessed_info(pre)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=1, default=str))
-    tmp.replace(path)
-    return path
+    """``pre``'s :class:`CacheIndex` as JSON (what :func:`load_preprocessed` and :func:`dinotracker.load`
+    read back)."""
+    return pre.index.to_dict()

@@ -1,7 +1,8 @@
 """Preprocessing orchestration: video -> cached flow, trajectories, features, masks, best-buddies.
 
 Every stage is an entry of :class:`~dinotracker.preprocessing.cache.StageCache`, keyed by
-the hash of its inputs' keys and of the config values that change its output, so changing
+the hash of its inputs' keys, its version and every option of the config sections it reads but
+those that provably do not change its output (:mod:`dinotracker.preprocessing.keys`), so changing
 (say) the backbone layer recomputes features and best-buddies but reuses flow and
 trajectories; an interrupted run resumes at the first missing stage.
 """
@@ -18,6 +19,7 @@ import torch
 from dinotracker.data.video import Video
 from dinotracker.geometry import Resize, model_size
 from dinotracker.preprocessing.cache import CacheIndex, StageCache, StageRef, array_hash, stable_hash
+from dinotracker.preprocessing.keys import plain, stage_key, stage_options
 from dinotracker.preprocessing.types import BestBuddies, PreprocessedVideo
 from dinotracker.utils.device import resolve_device
 
@@ -60,44 +62,49 @@ class _Stages:
         self.model_hw = model_size(video.hw, short_side=_container(pre_cfg, "short_side"),
                                    size_hw=tuple(size) if size else None, multiple=self.patch)
         self.resize = Resize(video.hw, self.model_hw)
+        # what the stage keys hash (keys.STAGES says which sections each stage reads)
+        self.cfg = {"preprocess": plain(pre_cfg), "flow": plain(flow_cfg), "backbone": plain(backbone_cfg)}
         video_key = stable_hash([array_hash(video.frames), video.frame_indices.tolist(), CACHE_VERSION])
         self.cache = StageCache(Path(cache_root) / f"{video.name}-{video_key[:10]}")
         log.info("preprocessing %s: %d frames %s -> model %s, cache %s", video.name, video.num_frames,
                  video.hw, self.model_hw, self.cache.root)
         # frames at model resolution
-        self.k_frames = stable_hash(["frames", video_key, self.model_hw])
+        self.k_frames = stage_key("frames", self.cfg, {}, video=video_key, model_hw=list(self.model_hw))
         arr, _ = self.cache.get_or_compute("frames", self.k_frames, lambda: (
             {"frames": resize_frames(video.frames, self.model_hw)}, {"model_hw": self.model_hw}), stats)
         self.frames = torch.from_numpy(np.array(arr["frames"]))
-        self.flow_keys = {k: _container(flow_cfg, k) for k in ("method", "weights", "num_updates", "dis_preset")}
+
+    def key(self, stage: str, upstream: dict, **inputs) -> str:
+        return stage_key(stage, self.cfg, upstream, **inputs)
 
     def estimator(self):
         from dinotracker.preprocessing.flow import build_flow
 
-        fk = self.flow_keys
-        return build_flow(fk["method"], device=self.device, weights=fk["weights"],
-                          num_updates=int(fk["num_updates"] or 24), dis_preset=fk["dis_preset"] or "medium")
+        fc = self.flow_cfg
+        return build_flow(_container(fc, "method"), device=self.device, weights=_container(fc, "weights"),
+                          num_updates=int(_container(fc, "num_updates") or 24),
+                          dis_preset=_container(fc, "dis_preset") or "medium")
 
     def flow(self) -> tuple[str, torch.Tensor, torch.Tensor]:
         """Optical flow between consecutive frames (forward and backward, fp16): (key, forward, backward)."""
-        k_flow = stable_hash(["flow", self.k_frames, self.flow_keys])
+        k_flow = self.key("flow", {"frames": self.k_frames})
 
         def _flow():
             from dinotracker.preprocessing.flow import compute_consecutive_flows
 
             fwd, bwd = compute_consecutive_flows(self.estimator(), self.frames,
                                                  batch_size=int(self.flow_cfg.batch_size), progress=self.progress)
-            return {"forward": fwd.numpy(), "backward": bwd.numpy()}, {"method": self.flow_keys["method"]}
+            return {"forward": fwd.numpy(), "backward": bwd.numpy()}, {"method": _container(self.flow_cfg, "method")}
 
         arr, _ = self.cache.get_or_compute("flow", k_flow, _flow, self.stats)
         return k_flow, torch.from_numpy(np.array(arr["forward"])), torch.from_numpy(np.array(arr["backward"]))
 
     def features(self, need_saliency: bool):
         """Frozen backbone features (+ the saliency block's when ``need_saliency``): (key, cached arrays, keys)."""
-        bb_keys = {k: _container(self.backbone_cfg, k) for k in ("name", "weights", "source", "stride", "layer",
-                                                                  "facet", "dim", "patch")}
+        bb_keys = {p.split(".", 1)[1]: v for p, v in stage_options("features", self.cfg).items()
+                   if p.startswith("backbone.")}
         mask_layer = int(_container(self.backbone_cfg, "mask_layer", -1))
-        k_feat = stable_hash(["features", self.k_frames, bb_keys, need_saliency and mask_layer])
+        k_feat = self.key("features", {"frames": self.k_frames}, saliency=bool(need_saliency))
 
         def _features():
             return _extract_features(self.frames, self.backbone_cfg, self.device, need_saliency, mask_layer,
@@ -139,21 +146,19 @@ def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, 
 
     # chained trajectories (filtered and unfiltered from one pass)
     tcfg = pre_cfg.trajectories
-    traj_keys = {k: _container(tcfg, k) for k in ("fb_threshold", "direct_filter", "direct_threshold",
-                                                  "direct_window", "direct_every", "min_length")}
-    k_traj = stable_hash(["trajectories", k_flow, traj_keys])
+    k_traj = st.key("trajectories", {"flow": k_flow})
 
     def _traj():
         from dinotracker.preprocessing.trajectories import chain_trajectories, make_direct_flow_fn
 
         direct = None
-        if traj_keys["direct_filter"]:
-            direct = make_direct_flow_fn(_estimator(), frames, fb_threshold=float(traj_keys["fb_threshold"]))
-        tr = chain_trajectories(forward.float(), backward.float(), fb_threshold=float(traj_keys["fb_threshold"]),
-                                min_length=int(traj_keys["min_length"]), direct_flow=direct,
-                                direct_threshold=float(traj_keys["direct_threshold"]),
-                                direct_window=traj_keys["direct_window"],
-                                direct_every=int(traj_keys["direct_every"] or 1), progress=progress)
+        if _container(tcfg, "direct_filter"):
+            direct = make_direct_flow_fn(_estimator(), frames, fb_threshold=float(tcfg.fb_threshold))
+        tr = chain_trajectories(forward.float(), backward.float(), fb_threshold=float(tcfg.fb_threshold),
+                                min_length=int(tcfg.min_length), direct_flow=direct,
+                                direct_threshold=float(tcfg.direct_threshold),
+                                direct_window=_container(tcfg, "direct_window"),
+                                direct_every=int(_container(tcfg, "direct_every") or 1), progress=progress)
         return ({"tracks": tr.tracks.numpy(), "tracks_unfiltered": tr.tracks_unfiltered.numpy()},
                 {"num_tracks": int(tr.tracks.shape[0]), "num_unfiltered": int(tr.tracks_unfiltered.shape[0])})
 
@@ -168,12 +173,12 @@ def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, 
     # foreground masks: the user's, else DINO saliency
     mcfg = pre_cfg.masks
     if video.masks is not None:
-        k_mask = stable_hash(["masks", array_hash(video.masks), model_hw])
+        k_mask = st.key("masks", {"frames": k_frames}, source="user", masks=array_hash(video.masks))
 
         def _masks():
             return {"fg": resize_masks(video.masks, model_hw) > 0}, {"source": "user"}
     else:
-        k_mask = stable_hash(["masks", k_feat, float(mcfg.saliency_threshold)])
+        k_mask = st.key("masks", {"frames": k_frames, "features": k_feat}, source="saliency")
 
         def _masks():
             from dinotracker.preprocessing.saliency import saliency_masks
@@ -187,7 +192,7 @@ def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, 
     _write_mask_pngs(cache.path("masks", k_mask), fg_masks)
 
     # foreground / background split of the trajectories
-    k_split = stable_hash(["split", k_traj, k_mask])
+    k_split = st.key("split", {"trajectories": k_traj, "masks": k_mask})
 
     def _split():
         from dinotracker.preprocessing.trajectories import split_foreground
@@ -199,9 +204,7 @@ def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, 
 
     # DINO best-buddies, flow-filtered, with ambiguity weights
     bcfg = pre_cfg.best_buddies
-    bb_cfg_keys = {k: _container(bcfg, k) for k in ("enabled", "topk", "box_half", "iou", "weight_a",
-                                                     "weight_b", "filter_with")}
-    k_bb = stable_hash(["best_buddies", k_feat, k_traj, bb_cfg_keys])
+    k_bb = st.key("best_buddies", {"features": k_feat, "trajectories": k_traj})
 
     def _bb():
         from dinotracker.preprocessing.best_buddies import compute_best_buddies

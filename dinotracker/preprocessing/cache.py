@@ -10,10 +10,10 @@ on load), small metadata as ``meta.json``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -61,48 +61,68 @@ class StageCache:
         return arrays, meta
 
     def save(self, stage: str, key: str, arrays: dict[str, np.ndarray], meta: dict | None = None) -> Path:
-        """Write an entry atomically (temporary folder, then rename)."""
+        """Write an entry atomically (:func:`~dinotracker.utils.atomic.atomic_path`: a uniquely named
+        temporary folder, fsynced, then renamed); an entry already there (another writer's) is kept."""
+        from dinotracker.utils.atomic import atomic_path
+
         final = self.path(stage, key)
-        tmp = self.root / f".{stage}-{key}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", np.asarray(arr))
-        meta = dict(meta or {})
-        meta.update(stage=stage, key=key, arrays=sorted(arrays), written=time.strftime("%Y-%m-%d %H:%M:%S"))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-        if final.exists():  # a concurrent writer finished first; keep theirs
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
+        with atomic_path(final, folder=True, keep_existing=True) as tmp:
+            for name, arr in arrays.items():
+                np.save(tmp / f"{name}.npy", np.asarray(arr))
+            meta = dict(meta or {})
+            meta.update(stage=stage, key=key, arrays=sorted(arrays), written=time.strftime("%Y-%m-%d %H:%M:%S"))
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         return final
 
     def get_or_compute(self, stage: str, key: str, compute: Callable[[], tuple[dict, dict]],
                        stats: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
         """Load ``stage`` if cached under ``key``, else run ``compute() -> (arrays, meta)`` and save.
 
+        Computing holds the entry's lock (:meth:`lock`): a second process asking for the same entry waits,
+        then reads what the first wrote, so each entry is computed once however many fits share the cache.
         ``stats[stage]`` receives the time, peak memory and whether it was cached.
         """
         if self.has(stage, key):
-            log.info("stage %-13s cached (%s)", stage, self.path(stage, key).name)
-            out = self.load(stage, key)
-            if stats is not None:
-                stats[stage] = dict(cached=True, seconds=0.0, peak_mb=0.0)
-            return out
-        log.info("stage %-13s computing ...", stage)
-        from dinotracker.utils.memory import PeakMemory
+            return self._cached(stage, key, stats)
+        with self.lock(stage, key):
+            if self.has(stage, key):  # computed by the process we waited for
+                return self._cached(stage, key, stats)
+            log.info("stage %-13s computing ...", stage)
+            from dinotracker.utils.memory import PeakMemory
 
-        t0 = time.perf_counter()
-        with PeakMemory() as mem:
-            arrays, meta = compute()
-        dt = time.perf_counter() - t0
-        meta = dict(meta or {}, seconds=dt)
-        self.save(stage, key, arrays, meta)
+            t0 = time.perf_counter()
+            with PeakMemory() as mem:
+                arrays, meta = compute()
+            dt = time.perf_counter() - t0
+            meta = dict(meta or {}, seconds=dt)
+            self.save(stage, key, arrays, meta)
+            if stats is not None:
+                stats[stage] = dict(cached=False, seconds=dt, peak_mb=mem.peak_mb)
+            log.info("stage %-13s done in %.1f s (peak +%.0f MB)", stage, dt, mem.peak_mb)
+            return self.load(stage, key)
+
+    def _cached(self, stage: str, key: str, stats: dict | None):
+        log.info("stage %-13s cached (%s)", stage, self.path(stage, key).name)
+        out = self.load(stage, key)
         if stats is not None:
-            stats[stage] = dict(cached=False, seconds=dt, peak_mb=mem.peak_mb)
-        log.info("stage %-13s done in %.1f s (peak +%.0f MB)", stage, dt, mem.peak_mb)
-        return self.load(stage, key)
+            stats[stage] = dict(cached=True, seconds=0.0, peak_mb=0.0)
+        return out
+
+    @contextlib.contextmanager
+    def lock(self, stage: str, key: str):
+        """Hold ``<root>/.<stage>-<key>.lock`` (an OS file lock, released when the process dies)."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.root / f".{stage}-{key}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("stage %-13s being computed by another process: waiting for %s", stage, lock.lock_file)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def clean_stale(self, keep: set[str]) -> list[Path]:
         """Remove entries whose ``<stage>-<key>`` name is not in ``keep``; returns what was removed."""
@@ -251,8 +271,6 @@ class CacheIndex:
 
     def write(self) -> Path:
         """Record this index as the cache folder's most recent ``preprocessed.json`` (atomic)."""
-        path = self.cache_dir / INDEX_FILE
-        tmp = path.with_name(f".{INDEX_FILE}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=str))
-        os.replace(tmp, path)
-        return path
+        from dinotracker.utils.atomic import write_text
+
+        return write_text(self.cache_dir / INDEX_FILE, json.dumps(self.to_dict(), indent=1, default=str))

@@ -265,14 +265,14 @@ def _extract_features(frames, backbone_cfg, device, need_saliency, mask_layer, p
 
 
 def _write_mask_pngs(folder: Path, fg: torch.Tensor) -> None:
+    from dinotracker.utils.atomic import atomic_path
+
     png = folder / "png"
     if png.is_dir():
         return
-    tmp = folder / "png.tmp"
-    tmp.mkdir(exist_ok=True)
-    for i, m in enumerate(fg.numpy()):
-        cv2.imwrite(str(tmp / f"{i:05d}.png"), m.astype(np.uint8) * 255)
-    tmp.rename(png)
+    with atomic_path(png, folder=True, keep_existing=True) as tmp:
+        for i, m in enumerate(fg.numpy()):
+            cv2.imwrite(str(tmp / f"{i:05d}.png"), m.astype(np.uint8) * 255)
 
 
 def _log_summary(pre: PreprocessedVideo, stats: dict, meta_traj: dict) -> None:

@@ -82,9 +82,9 @@ def resolve_ckpt_path(ckpt_path, out: Path) -> str | None:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable))
-    tmp.replace(path)
+    from dinotracker.utils.atomic import write_text
+
+    write_text(path, json.dumps(obj, indent=1, default=_jsonable))
 
 
 def _jsonable(x):

@@ -81,3 +81,25 @@ def test_cache_index_round_trip_and_legacy_entries(tmp_path):
     assert index.moved_to(moved).load("frames")["frames"].shape == (2, 3, 4, 4)
     with pytest.raises(ValueError, match="stages"):
         CacheIndex.from_dict({"cache_dir": "x"})
+
+
+def test_atomic_path_unique_names_and_no_leftovers(tmp_path):
+    from dinotracker.utils.atomic import atomic_path, temp_name, write_text
+
+    target = tmp_path / "out.png"
+    names = {temp_name(target) for _ in range(50)}
+    assert len(names) == 50 and all(n.suffix == ".png" and n.parent == tmp_path for n in names)
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []  # neither the target nor the temporary file
+    write_text(target, "one")
+    write_text(target, "two")
+    assert target.read_text() == "two" and list(tmp_path.iterdir()) == [target]
+    # folders: filled under a temporary name, an existing folder (another writer's) is kept
+    with atomic_path(tmp_path / "entry", folder=True, keep_existing=True) as d:
+        (d / "a.npy").write_text("first")
+    with atomic_path(tmp_path / "entry", folder=True, keep_existing=True) as d:
+        (d / "a.npy").write_text("second")
+    assert (tmp_path / "entry" / "a.npy").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "out.png"]

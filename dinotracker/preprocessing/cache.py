@@ -6,6 +6,12 @@ An entry is written into a temporary folder and renamed into place when complete
 interrupted run leaves no half-written entry: the next run recomputes only the stages
 whose entry is missing and reuses the rest. Arrays are stored as ``.npy`` (memory-mapped
 on load), small metadata as ``meta.json``.
+
+What was written is checked on every load: ``meta.json`` records per array its file size,
+shape, dtype and an xxh3-64 checksum of its bytes (``checks``); a missing, truncated,
+unreadable or altered file raises :class:`CorruptEntryError` naming the file, and
+:meth:`StageCache.get_or_compute` then moves the entry aside (``<entry>.corrupt-<time>``),
+says so in one line, and recomputes the stage. :func:`check_cache` checks a whole cache.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -23,6 +30,26 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+class CorruptEntryError(Exception):
+    """A cache entry file that is missing, unreadable, or not what was written."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"cache entry file {self.path}: {reason}")
+
+
+def content_digest(arr: np.ndarray) -> str:
+    """xxh3-64 of an array's bytes (C order); reads a memory-mapped array once, chunk by chunk."""
+    import xxhash
+
+    h = xxhash.xxh3_64()
+    flat = arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
+    step = max(1, (64 << 20) // max(flat.itemsize, 1))  # 64 MB at a time
+    for i in range(0, flat.shape[0], step):
+        h.update(memoryview(np.ascontiguousarray(flat[i:i + step])).cast("B"))
+    return h.hexdigest()
 
 
 def stable_hash(obj, length: int = 16) -> str:
@@ -42,8 +69,9 @@ def array_hash(arr: np.ndarray, length: int = 16) -> str:
 class StageCache:
     """Stage entries of one video under ``root``."""
 
-    def __init__(self, root, create: bool = True):
+    def __init__(self, root, create: bool = True, verify: bool = True):
         self.root = Path(root)
+        self.verify = bool(verify)  # content checksums on load (sizes, shapes and dtypes are always checked)
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
 
@@ -53,12 +81,48 @@ class StageCache:
     def has(self, stage: str, key: str) -> bool:
         return (self.path(stage, key) / "meta.json").is_file()
 
-    def load(self, stage: str, key: str, mmap: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    def load(self, stage: str, key: str, mmap: bool = True, verify: bool | None = None
+             ) -> tuple[dict[str, np.ndarray], dict]:
+        """The entry's arrays and meta; :class:`CorruptEntryError` naming the file when one is missing,
+        unreadable, or differs from what :meth:`save` recorded (size, shape, dtype; checksum when
+        ``verify``, default ``self.verify``). Entries written before the checks get the readability test."""
+        verify = self.verify if verify is None else verify
         folder = self.path(stage, key)
-        meta = json.loads((folder / "meta.json").read_text())
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r" if mmap else None)
-                  for name in meta.get("arrays", [])}
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            names, checks = list(meta.get("arrays", [])), dict(meta.get("checks") or {})
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise CorruptEntryError(folder / "meta.json", f"unreadable ({e})") from None
+        arrays = {}
+        for name in names:
+            f, c = folder / f"{name}.npy", checks.get(name)
+            if not f.is_file():
+                raise CorruptEntryError(f, "missing")
+            size = f.stat().st_size
+            if c is not None and size != c["file_size"]:
+                raise CorruptEntryError(f, f"{size} bytes, {c['file_size']} were written (truncated or replaced)")
+            try:
+                a = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise CorruptEntryError(f, f"unreadable ({e})") from None
+            if c is not None and (list(a.shape) != list(c["shape"]) or str(a.dtype) != c["dtype"]):
+                raise CorruptEntryError(f, f"{a.dtype} {list(a.shape)}, {c['dtype']} {c['shape']} were written")
+            if c is not None and verify and content_digest(a) != c["xxh3_64"]:
+                raise CorruptEntryError(f, "content differs from what was written (checksum mismatch)")
+            arrays[name] = a
         return arrays, meta
+
+    def quarantine(self, stage: str, key: str, error: Exception | None = None) -> Path | None:
+        """Move an entry aside (``<entry>.corrupt-<time>``, kept for inspection, never read again) and log
+        one line naming the bad file. Returns the new place (None when the entry had already gone)."""
+        folder = self.path(stage, key)
+        aside = folder.with_name(f"{folder.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        try:
+            os.replace(folder, aside)
+        except FileNotFoundError:
+            return None
+        log.warning("%s; moved the %s entry aside to %s", error or "corrupt entry", stage, aside.name)
+        return aside
 
     def save(self, stage: str, key: str, arrays: dict[str, np.ndarray], meta: dict | None = None) -> Path:
         """Write an entry atomically (:func:`~dinotracker.utils.atomic.atomic_path`: a uniquely named
@@ -67,10 +131,15 @@ class StageCache:
 
         final = self.path(stage, key)
         with atomic_path(final, folder=True, keep_existing=True) as tmp:
+            checks = {}
             for name, arr in arrays.items():
-                np.save(tmp / f"{name}.npy", np.asarray(arr))
+                arr = np.ascontiguousarray(arr)
+                np.save(tmp / f"{name}.npy", arr)
+                checks[name] = dict(file_size=(tmp / f"{name}.npy").stat().st_size, shape=list(arr.shape),
+                                    dtype=str(arr.dtype), xxh3_64=content_digest(arr))
             meta = dict(meta or {})
-            meta.update(stage=stage, key=key, arrays=sorted(arrays), written=time.strftime("%Y-%m-%d %H:%M:%S"))
+            meta.update(stage=stage, key=key, arrays=sorted(arrays), checks=checks,
+                        written=time.strftime("%Y-%m-%d %H:%M:%S"))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         return final
 
@@ -83,10 +152,17 @@ class StageCache:
         ``stats[stage]`` receives the time, peak memory and whether it was cached.
         """
         if self.has(stage, key):
-            return self._cached(stage, key, stats)
-        with self.lock(stage, key):
-            if self.has(stage, key):  # computed by the process we waited for
+            try:
                 return self._cached(stage, key, stats)
+            except CorruptEntryError:
+                pass  # moved aside and recomputed under the lock below
+        with self.lock(stage, key):
+            if self.has(stage, key):  # computed by the process we waited for (or corrupt)
+                try:
+                    return self._cached(stage, key, stats)
+                except CorruptEntryError as e:
+                    self.quarantine(stage, key, e)
+                    log.warning("stage %-13s recomputing (its cached entry was corrupt)", stage)
             log.info("stage %-13s computing ...", stage)
             from dinotracker.utils.memory import PeakMemory
 
@@ -99,7 +175,7 @@ class StageCache:
             if stats is not None:
                 stats[stage] = dict(cached=False, seconds=dt, peak_mb=mem.peak_mb)
             log.info("stage %-13s done in %.1f s (peak +%.0f MB)", stage, dt, mem.peak_mb)
-            return self.load(stage, key)
+            return self.load(stage, key, verify=False)  # just written: sizes checked, no second hash
 
     def _cached(self, stage: str, key: str, stats: dict | None):
         log.info("stage %-13s cached (%s)", stage, self.path(stage, key).name)
@@ -213,10 +289,18 @@ class CacheIndex:
     def path(self, stage: str) -> Path:
         return self.cache_dir / self.ref(stage).dirname
 
-    def load(self, stage: str) -> dict[str, np.ndarray]:
-        """The arrays of ``stage``'s entry (memory-mapped)."""
+    def load(self, stage: str, verify: bool = True) -> dict[str, np.ndarray]:
+        """The arrays of ``stage``'s entry (memory-mapped, checked as :meth:`StageCache.load`). A corrupt entry
+        is moved aside and :class:`CorruptEntryError` says to recompute it."""
         ref = self.ref(stage)
-        return StageCache(self.cache_dir, create=False).load(ref.stage, ref.key)[0]
+        cache = StageCache(self.cache_dir, create=False, verify=verify)
+        try:
+            return cache.load(ref.stage, ref.key)[0]
+        except CorruptEntryError as e:
+            cache.quarantine(ref.stage, ref.key, e)
+            raise CorruptEntryError(e.path, f"{e.reason}; the entry was moved aside: rerun the preprocessing of "
+                                    f"{self.name} (python -m dinotracker.preprocess +video=... with the same "
+                                    "settings) to recompute it") from None
 
     def moved_to(self, cache_dir) -> CacheIndex:
         """The same entries in another folder (a moved or copied cache)."""
@@ -274,3 +358,43 @@ class CacheIndex:
         from dinotracker.utils.atomic import write_text
 
         return write_text(self.cache_dir / INDEX_FILE, json.dumps(self.to_dict(), indent=1, default=str))
+
+
+# ---------------------------------------------------------------------- whole-cache check
+def check_cache(root, verify: bool = True) -> dict:
+    """Check every entry under ``root`` (a cache root holding video folders, or one video's folder): each
+    corrupt one is moved aside (one log line naming the file) and will be recomputed by the next run.
+    Returns ``{"ok": [entry paths], "corrupt": [{"entry", "file", "reason"}], "dangling": [index entries
+    that no longer exist]}``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no preprocessing cache at {root}")
+    folders = [root] if (root / INDEX_FILE).is_file() or _entries(root) else sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    report: dict = {"ok": [], "corrupt": [], "dangling": []}
+    for folder in folders:
+        cache = StageCache(folder, create=False, verify=verify)
+        for entry in _entries(folder):
+            stage, key = StageRef.parse(entry.name).stage, StageRef.parse(entry.name).key
+            try:
+                cache.load(stage, key)
+                report["ok"].append(str(entry))
+            except CorruptEntryError as e:
+                cache.quarantine(stage, key, e)
+                report["corrupt"].append(dict(entry=str(entry), file=str(e.path), reason=e.reason))
+        if (folder / INDEX_FILE).is_file():
+            try:
+                index = CacheIndex.read(folder)
+                report["dangling"] += [str(folder / r.dirname) for r in index.stages.values()
+                                       if not (folder / r.dirname / "meta.json").is_file()]
+            except (ValueError, KeyError, TypeError) as e:
+                report["corrupt"].append(dict(entry=str(folder), file=str(folder / INDEX_FILE), reason=str(e)))
+    log.info("checked %d cache entries under %s: %d ok, %d corrupt (moved aside), %d indexed but missing",
+             len(report["ok"]) + len(report["corrupt"]), root, len(report["ok"]), len(report["corrupt"]),
+             len(report["dangling"]))
+    return report
+
+
+def _entries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and ".corrupt-" not in p.name and "-" in p.name and (p / "meta.json").exists())

@@ -65,7 +65,8 @@ class _Stages:
         # what the stage keys hash (keys.STAGES says which sections each stage reads)
         self.cfg = {"preprocess": plain(pre_cfg), "flow": plain(flow_cfg), "backbone": plain(backbone_cfg)}
         video_key = stable_hash([array_hash(video.frames), video.frame_indices.tolist(), CACHE_VERSION])
-        self.cache = StageCache(Path(cache_root) / f"{video.name}-{video_key[:10]}")
+        self.cache = StageCache(Path(cache_root) / f"{video.name}-{video_key[:10]}",
+                                verify=bool(_container(pre_cfg, "verify", True)))
         log.info("preprocessing %s: %d frames %s -> model %s, cache %s", video.name, video.num_frames,
                  video.hw, self.model_hw, self.cache.root)
         # frames at model resolution

@@ -48,7 +48,7 @@ def content_digest(arr: np.ndarray) -> str:
     flat = arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
     step = max(1, (64 << 20) // max(flat.itemsize, 1))  # 64 MB at a time
     for i in range(0, flat.shape[0], step):
-        h.update(memoryview(np.ascontiguousarray(flat[i:i + step])).cast("B"))
+        h.update(memoryview(flat[i:i + step]).cast("B"))  # a view of a contiguous (memory-mapped) array: no copy
     return h.hexdigest()
 
 

@@ -294,6 +294,10 @@ class CacheIndex:
         is moved aside and :class:`CorruptEntryError` says to recompute it."""
         ref = self.ref(stage)
         cache = StageCache(self.cache_dir, create=False, verify=verify)
+        if not cache.has(ref.stage, ref.key):
+            raise FileNotFoundError(f"preprocessing cache entry {self.cache_dir / ref.dirname} does not exist (cache "
+                                    "deleted or moved? pass cache_dir=<its folder>, or rerun the preprocessing of "
+                                    f"{self.name})")
         try:
             return cache.load(ref.stage, ref.key)[0]
         except CorruptEntryError as e:

@@ -79,6 +79,8 @@ def test_cache_index_round_trip_and_legacy_entries(tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(tmp_path / "frames-k1", moved / "frames-k1")
     assert index.moved_to(moved).load("frames")["frames"].shape == (2, 3, 4, 4)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        index.moved_to(tmp_path / "nowhere").load("frames")
     with pytest.raises(ValueError, match="stages"):
         CacheIndex.from_dict({"cache_dir": "x"})
 

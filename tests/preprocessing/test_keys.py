@@ -100,3 +100,98 @@ def test_ignore_lists_name_real_options(fit_cfg):
         for path in spec.ignores:
             assert any(p == path or p.startswith(path + ".") for p in every), f"{spec.name}: {path} is no option"
             assert any(path == r or path.startswith(r + ".") for r in spec.reads), f"{spec.name}: {path} not read"
+
+
+# ---------------------------------------------------------------------- what the stages really read
+class _Recorder(dict):
+    """A config section that records which options are read (attribute, ``get`` or ``[]``) while a stage
+    computes; iterating it (what hashing the section does) is not a read."""
+
+    def __init__(self, tree: dict, prefix: str, log: list):
+        super().__init__(tree)
+        self._prefix, self._log = prefix, log
+
+    def _wrap(self, key, value):
+        path = f"{self._prefix}.{key}"
+        if isinstance(value, dict):
+            return _Recorder(value, path, self._log)
+        self._log.append(path)
+        return value
+
+    def __getattr__(self, key):
+        if key.startswith("_"):
+            raise AttributeError(key)
+        try:
+            return self._wrap(key, dict.__getitem__(self, key))
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __getitem__(self, key):
+        return self._wrap(key, dict.__getitem__(self, key))
+
+    def get(self, key, default=None):
+        return self._wrap(key, dict.__getitem__(self, key)) if key in self else default
+
+
+@pytest.mark.parametrize("backbone", ["none", "vit"])
+@pytest.mark.parametrize("masks", [True, False])
+def test_stages_read_only_what_their_keys_hash(tmp_path, monkeypatch, backbone, masks):
+    """Fail-safe only holds if a stage reads no option outside the sections its key hashes (or, through its
+    upstream keys, the options its upstream stages hash). Run the pipeline on config sections that record
+    every read and attribute each read to the stage computing at that moment."""
+    import numpy as np
+
+    from dinotracker.data.synthetic import make_synthetic_video
+    from dinotracker.data.video import Video
+    from dinotracker.preprocessing import cache as cache_mod
+    from dinotracker.preprocessing.pipeline import preprocess_video
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("fit", overrides=["+video=synthetic"])
+    sections = {k: plain(cfg[k]) for k in ("preprocess", "flow", "backbone")}
+    sections["preprocess"].update(size=None, short_side=56, device="cpu")
+    sections["preprocess"]["trajectories"]["direct_window"] = 2
+    sections["preprocess"]["best_buddies"]["topk"] = 10
+    sections["backbone"].update(name="dinov2_vits14", source="random", dim=384, layer=2) if backbone == "vit" else \
+        sections["backbone"].update(name="none", source="none", dim=8)
+    reads: list[tuple[str, str]] = []
+    current = ["setup"]
+    log: list[str] = []
+
+    orig = cache_mod.StageCache.get_or_compute
+
+    def tracing(self, stage, key, compute, stats=None):
+        def traced():
+            current[0], n = stage, len(log)
+            try:
+                return compute()
+            finally:
+                reads.extend((stage, p) for p in log[n:])
+                current[0] = "setup"
+        return orig(self, stage, key, traced, stats)
+
+    monkeypatch.setattr(cache_mod.StageCache, "get_or_compute", tracing)
+    syn = make_synthetic_video(num_frames=4, height=64, width=96, num_points=8, seed=2)
+    video = Video(frames=syn.frames, masks=(syn.masks > 0).astype(np.uint8) if masks else None,
+                  frame_indices=np.arange(4), name="rec", source="synthetic")
+    rec = {k: _Recorder(v, k, log) for k, v in sections.items()}
+    preprocess_video(video, rec["backbone"], rec["flow"], rec["preprocess"], tmp_path, progress=False)
+    assert {s for s, _ in reads} >= {"flow", "trajectories", "features"}  # the recorder saw the computes
+
+    def covered(stage: str) -> set[str]:
+        """Options ``stage``'s key depends on: its own and, transitively, its upstream stages'."""
+        opts = set(stage_options(stage, sections))
+        for u in STAGES[stage].upstream:
+            opts |= covered(u)
+        return opts
+
+    def ignored(stage: str, path: str) -> bool:
+        return any(path == i or path.startswith(i + ".") for i in STAGES[stage].ignores)
+
+    for stage, path in reads:
+        assert path in covered(stage) or ignored(stage, path), (
+            f"stage {stage} reads {path}, which its key does not hash: add it to keys.STAGES[{stage!r}].reads")
+    # reads outside any compute (set-up: model size, patch grid, device) must feed some stage's key
+    setup = set(log) - {p for _, p in reads}
+    every = set().union(*(covered(s) for s in STAGES)) | {i for s in STAGES.values() for i in s.ignores}
+    assert setup <= every, setup - every

@@ -7,13 +7,14 @@ back to input pixels.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from dinotracker.utils.atomic import commit, temp_name
 
 FRAME_EXTS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".gif", ".mkv", ".webm")
@@ -284,7 +285,7 @@ class Mp4Writer:
     def __init__(self, path, fps: float = 24.0, crf: int = 20, lossless: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.stem}.tmp{os.getpid()}{self.path.suffix or '.mp4'}")
+        self.tmp = temp_name(self.path if self.path.suffix else self.path.with_suffix(".mp4"))
         self.rate = max(1, int(round(float(fps))))
         self.crf, self.lossless = int(crf), bool(lossless)
         self.container = self.stream = self.codec = None
@@ -332,7 +333,7 @@ class Mp4Writer:
             for packet in self.stream.encode():
                 self.container.mux(packet)
             self.container.close()
-            os.replace(self.tmp, self.path)
+            commit(self.tmp, self.path)
         finally:
             self.container = None
             self.tmp.unlink(missing_ok=True)

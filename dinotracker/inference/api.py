@@ -10,8 +10,8 @@ The model resolution is hidden: queries are scaled to it and tracks back (raster
 :mod:`dinotracker.geometry`).
 
 Run folder files read: ``tracker.pt`` (``{"model_kwargs", "state_dict", "ema_state_dict"}``) and
-``run_info.json`` (``preprocessed``: the cache index of :func:`preprocessing.pipeline.preprocessed_info`,
-else ``cache_dir``; ``input_hw``/``model_hw`` are checked against the cache). Only the ``frames`` and
+``run_info.json`` (``preprocessed``: the run's :class:`~dinotracker.preprocessing.cache.CacheIndex`, see
+:func:`run_video_index`; ``input_hw``/``model_hw`` are checked against the cache). Only the ``frames`` and
 ``features`` cache entries are loaded (memory-mapped), never trajectories or best-buddies.
 
 Reference checkpoints (AssafSinger94/dino-tracker ``models/dino_tracker/delta_dino_<it>.pt`` and
@@ -263,37 +263,36 @@ def find_reference_checkpoints(folder) -> tuple[Path, Path, int] | None:
 
 # ---------------------------------------------------------------------- loading
 def load_inference_video(source) -> InferenceVideo:
-    """Frames and features of a preprocessed video from a cache index dict (``run_info["preprocessed"]``)
-    or a cache folder (its ``preprocessed.json``), memory-mapped; only those two entries are read."""
-    from dinotracker.preprocessing.cache import StageCache
+    """Frames and features of a preprocessed video from its cache index (a
+    :class:`~dinotracker.preprocessing.cache.CacheIndex`, its dict as in ``run_info["preprocessed"]``, or a
+    cache folder: its ``preprocessed.json``), memory-mapped; only those two entries are read."""
+    from dinotracker.preprocessing.cache import CacheIndex
 
-    info = source if isinstance(source, dict) else _cache_index(Path(source))
-    stages = {e.rsplit("-", 1)[0]: e.rsplit("-", 1)[1] for e in info["entries"]}
-    missing = [s for s in ("frames", "features") if s not in stages]
-    if missing:
-        raise FileNotFoundError(f"preprocessing cache {info.get('cache_dir')} lacks {missing} entries")
-    cache = StageCache(info["cache_dir"])
-    frames = cache.load("frames", stages["frames"])[0]["frames"]
-    feats = cache.load("features", stages["features"])[0]["features"]
+    index = CacheIndex.coerce(source)
+    index.require("frames", "features")
     return InferenceVideo(
-        name=str(info.get("name", "video")),
-        frames=torch.from_numpy(np.array(frames)),
-        features=torch.from_numpy(np.array(feats)),
-        patch=int(info["patch"]),
-        stride=int(info["stride"]),
-        resize=Resize(tuple(info["input_hw"]), tuple(info["model_hw"])),
-        meta=dict(info),
+        name=index.name,
+        frames=torch.from_numpy(np.array(index.load("frames")["frames"])),
+        features=torch.from_numpy(np.array(index.load("features")["features"])),
+        patch=index.patch,
+        stride=index.stride,
+        resize=index.resize,
+        meta=index.to_dict(),
     )
 
 
-def _cache_index(folder: Path) -> dict:
-    path = folder / "preprocessed.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{folder} is not a preprocessing cache (no preprocessed.json); run "
-            "`python -m dinotracker.preprocess +video=...` first"
-        )
-    return json.loads(path.read_text())
+def run_video_index(info: dict, info_path, cache_dir=None):
+    """The one binding of a fitted run to its video: the cache index recorded in ``run_info.json``
+    (``preprocessed``), in ``cache_dir`` instead when the cache was moved. Run folders from before the
+    index had a ``cache_dir`` only: that folder's most recent ``preprocessed.json``."""
+    from dinotracker.preprocessing.cache import CacheIndex
+
+    if isinstance(info.get("preprocessed"), dict):
+        index = CacheIndex.from_dict(info["preprocessed"])
+        return index.moved_to(cache_dir) if cache_dir is not None else index
+    if cache_dir is not None or info.get("cache_dir"):
+        return CacheIndex.read(Path(cache_dir if cache_dir is not None else info["cache_dir"]))
+    raise ValueError(f"{info_path} names no preprocessing cache; pass cache_dir=")
 
 
 def load(
@@ -312,10 +311,11 @@ def load(
 
     ``use_ema``: the teacher (EMA) weights when the run saved them. ``raw_features=True`` gives the
     raw-DINO baseline: no Delta-DINO and no refiner (H = softmax(S)).
-    ``cache_dir`` overrides the run's cache location (a moved cache). ``video``: track other frames than the
-    fitted ones, an :class:`InferenceVideo` or a cache index dict (e.g. every frame of a video fitted on
-    every k-th frame, from :func:`~dinotracker.preprocessing.pipeline.preprocess_inference_inputs`); it must
-    have the run's input and model resolution. ``backbone``: for a LoRA-tuned run
+    ``cache_dir`` overrides the run's cache location (a moved cache: the run's own entries are read there).
+    ``video``: track other frames than the fitted ones, an :class:`InferenceVideo` or a cache index (e.g.
+    every frame of a video fitted on every k-th frame, from
+    :func:`~dinotracker.preprocessing.pipeline.preprocess_inference_inputs`); it must have the run's input and
+    model resolution. ``backbone``: for a LoRA-tuned run
     (``experiment=ablation/lora_tune``), the frozen backbone it was fitted on (default: rebuilt from the
     spec in ``tracker.pt``, e.g. when its weight file moved). Other keyword arguments go to
     :class:`Tracker` (``chunk``, ``anchor_cos``, ``visible_cos``, ``storage_dtype``).
@@ -328,18 +328,10 @@ def load(
         if not info_path.is_file():
             raise FileNotFoundError(f"{folder} has tracker.pt but no run_info.json")
         info = json.loads(info_path.read_text())
-        if isinstance(video, InferenceVideo):
-            pass
-        elif isinstance(video, dict):
+        if video is None:
+            video = load_inference_video(run_video_index(info, info_path, cache_dir))
+        elif not isinstance(video, InferenceVideo):  # another video's index (e.g. all frames of a subsampled fit)
             video = load_inference_video(video)
-        elif cache_dir is not None:
-            video = load_inference_video(Path(cache_dir))
-        elif isinstance(info.get("preprocessed"), dict):
-            video = load_inference_video(info["preprocessed"])
-        elif info.get("cache_dir"):
-            video = load_inference_video(Path(info["cache_dir"]))
-        else:
-            raise ValueError(f"{info_path} names no preprocessing cache; pass cache_dir=")
         for key in ("input_hw", "model_hw"):
             if key in info and tuple(info[key]) != tuple(getattr(video.resize, key)):
                 raise ValueError(f"run_info {key}={info[key]} but the cache has {getattr(video.resize, key)}")

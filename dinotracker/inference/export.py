@@ -1,5 +1,5 @@
 """Track exports (NPZ, long CSV, TAP-Vid pickle) and their readers; every write is atomic
-(temporary file in the same folder, then ``os.replace``).
+(:mod:`dinotracker.utils.atomic`: a unique temporary file in the same folder, then ``os.replace``).
 
 * NPZ: ``tracks`` float32 [N, T, 2] (x, y) input px (raster: (0, 0) is the top-left corner of the
   top-left pixel), ``visible`` bool [N, T], ``confidence`` float32 [N, T], ``queries`` float32 [N, 3]
@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -21,23 +20,10 @@ import numpy as np
 
 from dinotracker.inference.queries import read_queries  # noqa: F401  (re-exported reader)
 from dinotracker.utils.arrays import to_numpy
+from dinotracker.utils.atomic import atomic_write  # noqa: F401  (used below; re-exported)
 
 COORD_CONVENTION = "raster xy input px: (0,0) = top-left corner of the top-left pixel, centres at +0.5"
 CSV_HEADER = ("point_id", "frame", "x", "y", "visible", "confidence")
-
-
-def atomic_write(path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (parents created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def _check(tracks, visible, confidence=None):

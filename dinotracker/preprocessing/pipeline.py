@@ -1,7 +1,8 @@
 """Preprocessing orchestration: video -> cached flow, trajectories, features, masks, best-buddies.
 
 Every stage is an entry of :class:`~dinotracker.preprocessing.cache.StageCache`, keyed by
-the hash of its inputs' keys and of the config values that change its output, so changing
+the hash of its inputs' keys, its version and every option of the config sections it reads but
+those that provably do not change its output (:mod:`dinotracker.preprocessing.keys`), so changing
 (say) the backbone layer recomputes features and best-buddies but reuses flow and
 trajectories; an interrupted run resumes at the first missing stage.
 """
@@ -17,7 +18,8 @@ import torch
 
 from dinotracker.data.video import Video
 from dinotracker.geometry import Resize, model_size
-from dinotracker.preprocessing.cache import StageCache, array_hash, stable_hash
+from dinotracker.preprocessing.cache import CacheIndex, StageCache, StageRef, array_hash, stable_hash
+from dinotracker.preprocessing.keys import plain, stage_key, stage_options
 from dinotracker.preprocessing.types import BestBuddies, PreprocessedVideo
 from dinotracker.utils.device import resolve_device
 
@@ -67,46 +69,51 @@ class _Stages:
         self.model_hw = model_size(video.hw, short_side=_container(pre_cfg, "short_side"),
                                    size_hw=tuple(size) if size else None, multiple=self.patch)
         self.resize = Resize(video.hw, self.model_hw)
+        # what the stage keys hash (keys.STAGES says which sections each stage reads)
+        self.cfg = {"preprocess": plain(pre_cfg), "flow": plain(flow_cfg), "backbone": plain(backbone_cfg)}
         video_key = stable_hash([array_hash(video.frames), video.frame_indices.tolist(), CACHE_VERSION])
-        self.cache = StageCache(Path(cache_root) / f"{video.name}-{video_key[:10]}")
+        self.cache = StageCache(Path(cache_root) / f"{video.name}-{video_key[:10]}",
+                                verify=bool(_container(pre_cfg, "verify", True)))
         log.info("preprocessing %s: %d frames %s -> model %s, cache %s", video.name, video.num_frames,
                  video.hw, self.model_hw, self.cache.root)
         # frames at model resolution
-        self.k_frames = stable_hash(["frames", video_key, self.model_hw])
+        self.k_frames = stage_key("frames", self.cfg, {}, video=video_key, model_hw=list(self.model_hw))
         arr, _ = self.cache.get_or_compute("frames", self.k_frames, lambda: (
             {"frames": resize_frames(video.frames, self.model_hw)}, {"model_hw": self.model_hw}), stats)
         self.frames = torch.from_numpy(np.array(arr["frames"]))
-        self.flow_keys = {k: _container(flow_cfg, k) for k in ("method", "weights", "num_updates", "dis_preset",
-                                                               "dtype")}
+
+    def key(self, stage: str, upstream: dict, **inputs) -> str:
+        return stage_key(stage, self.cfg, upstream, **inputs)
 
     def estimator(self):
         from dinotracker.preprocessing.flow import build_flow
 
-        fk = self.flow_keys
-        return build_flow(fk["method"], device=self.device, weights=fk["weights"],
-                          num_updates=int(fk["num_updates"] or 24), dis_preset=fk["dis_preset"] or "medium")
+        fc = self.flow_cfg
+        return build_flow(_container(fc, "method"), device=self.device, weights=_container(fc, "weights"),
+                          num_updates=int(_container(fc, "num_updates") or 24),
+                          dis_preset=_container(fc, "dis_preset") or "medium")
 
     def flow(self) -> tuple[str, torch.Tensor, torch.Tensor]:
         """Optical flow between consecutive frames (forward and backward, ``flow.dtype``): (key, forward, backward)."""
-        k_flow = stable_hash(["flow", self.k_frames, self.flow_keys])
+        k_flow = self.key("flow", {"frames": self.k_frames})
 
         def _flow():
             from dinotracker.preprocessing.flow import compute_consecutive_flows
 
             fwd, bwd = compute_consecutive_flows(self.estimator(), self.frames,
                                                  batch_size=int(self.flow_cfg.batch_size), progress=self.progress,
-                                                 dtype=self.flow_keys["dtype"] or "float32")
-            return {"forward": fwd.numpy(), "backward": bwd.numpy()}, {"method": self.flow_keys["method"]}
+                                                 dtype=_container(self.flow_cfg, "dtype") or "float32")
+            return {"forward": fwd.numpy(), "backward": bwd.numpy()}, {"method": _container(self.flow_cfg, "method")}
 
         arr, _ = self.cache.get_or_compute("flow", k_flow, _flow, self.stats)
         return k_flow, torch.from_numpy(np.array(arr["forward"])), torch.from_numpy(np.array(arr["backward"]))
 
     def features(self, need_saliency: bool):
         """Frozen backbone features (+ the saliency block's when ``need_saliency``): (key, cached arrays, keys)."""
-        bb_keys = {k: _container(self.backbone_cfg, k) for k in ("name", "weights", "source", "stride", "layer",
-                                                                  "facet", "dim", "patch")}
+        bb_keys = {p.split(".", 1)[1]: v for p, v in stage_options("features", self.cfg).items()
+                   if p.startswith("backbone.")}
         mask_layer = int(_container(self.backbone_cfg, "mask_layer", -1))
-        k_feat = stable_hash(["features", self.k_frames, bb_keys, need_saliency and mask_layer])
+        k_feat = self.key("features", {"frames": self.k_frames}, saliency=bool(need_saliency))
 
         def _features():
             return _extract_features(self.frames, self.backbone_cfg, self.device, need_saliency, mask_layer,
@@ -115,22 +122,25 @@ class _Stages:
         arr, _ = self.cache.get_or_compute("features", k_feat, _features, self.stats)
         return k_feat, arr, bb_keys
 
-    def index(self, entries: dict) -> dict:
-        """A cache index (:func:`cache_index`) of ``{stage: key}``."""
-        return cache_index(self.video.name, self.cache.root, self.patch, self.stride, self.resize,
-                           self.video.frame_indices, sorted(self.cache.path(s, k).name for s, k in entries.items()))
+    def index(self, entries: dict, backbone: dict | None = None) -> CacheIndex:
+        """The :class:`CacheIndex` of ``{stage: key}``."""
+        return CacheIndex(name=self.video.name, cache_dir=self.cache.root.resolve(), patch=self.patch,
+                          stride=self.stride, input_hw=self.resize.input_hw, model_hw=self.resize.model_hw,
+                          frame_indices=self.video.frame_indices.tolist(),
+                          stages={s: StageRef(s, k) for s, k in entries.items()}, backbone=backbone)
 
 
 def preprocess_inference_inputs(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root,
-                                progress: bool = True) -> dict:
+                                progress: bool = True) -> CacheIndex:
     """Only what tracking with a fitted model needs (frames at model resolution, frozen features) plus the
-    consecutive flow (the flow-chaining baseline), cached like :func:`preprocess_video`. Returns a cache
-    index for :func:`dinotracker.inference.api.load_inference_video` (``frames``, ``features``, ``flow``
-    entries). Used to track all frames of a video fitted on every k-th frame (paper Tab. 4)."""
+    consecutive flow (the flow-chaining baseline), cached like :func:`preprocess_video`. Returns the
+    :class:`CacheIndex` of the ``frames``, ``features`` and ``flow`` entries (for
+    :func:`dinotracker.inference.api.load_inference_video`). Used to track all frames of a video fitted on
+    every k-th frame (paper Tab. 4)."""
     st = _Stages(video, backbone_cfg, flow_cfg, pre_cfg, cache_root, progress, {})
     k_flow = st.flow()[0]
-    k_feat = st.features(need_saliency=False)[0]
-    return st.index({"frames": st.k_frames, "flow": k_flow, "features": k_feat})
+    k_feat, _, bb_keys = st.features(need_saliency=False)
+    return st.index({"frames": st.k_frames, "flow": k_flow, "features": k_feat}, backbone=bb_keys)
 
 
 def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, progress: bool = True,
@@ -145,21 +155,19 @@ def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, 
 
     # chained trajectories (filtered and unfiltered from one pass)
     tcfg = pre_cfg.trajectories
-    traj_keys = {k: _container(tcfg, k) for k in ("fb_threshold", "direct_filter", "direct_threshold",
-                                                  "direct_window", "direct_every", "min_length")}
-    k_traj = stable_hash(["trajectories", k_flow, traj_keys])
+    k_traj = st.key("trajectories", {"flow": k_flow})
 
     def _traj():
         from dinotracker.preprocessing.trajectories import chain_trajectories, make_direct_flow_fn
 
         direct = None
-        if traj_keys["direct_filter"]:
-            direct = make_direct_flow_fn(_estimator(), frames, fb_threshold=float(traj_keys["fb_threshold"]))
-        tr = chain_trajectories(forward.float(), backward.float(), fb_threshold=float(traj_keys["fb_threshold"]),
-                                min_length=int(traj_keys["min_length"]), direct_flow=direct,
-                                direct_threshold=float(traj_keys["direct_threshold"]),
-                                direct_window=traj_keys["direct_window"],
-                                direct_every=int(traj_keys["direct_every"] or 1), progress=progress)
+        if _container(tcfg, "direct_filter"):
+            direct = make_direct_flow_fn(_estimator(), frames, fb_threshold=float(tcfg.fb_threshold))
+        tr = chain_trajectories(forward.float(), backward.float(), fb_threshold=float(tcfg.fb_threshold),
+                                min_length=int(tcfg.min_length), direct_flow=direct,
+                                direct_threshold=float(tcfg.direct_threshold),
+                                direct_window=_container(tcfg, "direct_window"),
+                                direct_every=int(_container(tcfg, "direct_every") or 1), progress=progress)
         return ({"tracks": tr.tracks.numpy(), "tracks_unfiltered": tr.tracks_unfiltered.numpy()},
                 {"num_tracks": int(tr.tracks.shape[0]), "num_unfiltered": int(tr.tracks_unfiltered.shape[0])})
 
@@ -174,12 +182,12 @@ def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, 
     # foreground masks: the user's, else DINO saliency
     mcfg = pre_cfg.masks
     if video.masks is not None:
-        k_mask = stable_hash(["masks", array_hash(video.masks), model_hw])
+        k_mask = st.key("masks", {"frames": k_frames}, source="user", masks=array_hash(video.masks))
 
         def _masks():
             return {"fg": resize_masks(video.masks, model_hw) > 0}, {"source": "user"}
     else:
-        k_mask = stable_hash(["masks", k_feat, float(mcfg.saliency_threshold)])
+        k_mask = st.key("masks", {"frames": k_frames, "features": k_feat}, source="saliency")
 
         def _masks():
             from dinotracker.preprocessing.saliency import saliency_masks
@@ -193,7 +201,7 @@ def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, 
     _write_mask_pngs(cache.path("masks", k_mask), fg_masks)
 
     # foreground / background split of the trajectories
-    k_split = stable_hash(["split", k_traj, k_mask])
+    k_split = st.key("split", {"trajectories": k_traj, "masks": k_mask})
 
     def _split():
         from dinotracker.preprocessing.trajectories import split_foreground
@@ -205,9 +213,7 @@ def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, 
 
     # DINO best-buddies, flow-filtered, with ambiguity weights
     bcfg = pre_cfg.best_buddies
-    bb_cfg_keys = {k: _container(bcfg, k) for k in ("enabled", "topk", "box_half", "iou", "weight_a",
-                                                     "weight_b", "filter_with")}
-    k_bb = stable_hash(["best_buddies", k_feat, k_traj, bb_cfg_keys])
+    k_bb = st.key("best_buddies", {"features": k_feat, "trajectories": k_traj})
 
     def _bb():
         from dinotracker.preprocessing.best_buddies import compute_best_buddies
@@ -225,17 +231,14 @@ def preprocess_video(video: Video, backbone_cfg, flow_cfg, pre_cfg, cache_root, 
     barr, _ = cache.get_or_compute("best_buddies", k_bb, _bb, stats)
     best_buddies = BestBuddies(**{k: torch.from_numpy(np.array(barr[k])) for k in BB_FIELDS})
 
-    keep = {cache.path(s, k).name for s, k in [("frames", k_frames), ("flow", k_flow), ("trajectories", k_traj),
-                                               ("features", k_feat), ("masks", k_mask), ("split", k_split),
-                                               ("best_buddies", k_bb)]}
+    index = st.index(dict(frames=k_frames, flow=k_flow, trajectories=k_traj, features=k_feat, masks=k_mask,
+                          split=k_split, best_buddies=k_bb), backbone=bb_keys)
     pre = PreprocessedVideo(
         name=video.name, frames=frames, features=features, patch=patch, stride=stride, tracks=tracks,
         tracks_fg=tracks_fg, fg_masks=fg_masks, best_buddies=best_buddies, resize=resize,
-        frame_indices=video.frame_indices,
-        meta=dict(cache_dir=str(cache.root), entries=sorted(keep), mask_source=mmeta.get("source"),
-                  backbone=bb_keys, stats=stats))
+        frame_indices=video.frame_indices, meta=dict(mask_source=mmeta.get("source"), stats=stats), index=index)
     _log_summary(pre, stats, meta_traj)
-    write_preprocessed_index(pre)
+    index.write()
     return pre
 
 
@@ -271,14 +274,14 @@ def _extract_features(frames, backbone_cfg, device, need_saliency, mask_layer, p
 
 
 def _write_mask_pngs(folder: Path, fg: torch.Tensor) -> None:
+    from dinotracker.utils.atomic import atomic_path
+
     png = folder / "png"
     if png.is_dir():
         return
-    tmp = folder / "png.tmp"
-    tmp.mkdir(exist_ok=True)
-    for i, m in enumerate(fg.numpy()):
-        cv2.imwrite(str(tmp / f"{i:05d}.png"), m.astype(np.uint8) * 255)
-    tmp.rename(png)
+    with atomic_path(png, folder=True, keep_existing=True) as tmp:
+        for i, m in enumerate(fg.numpy()):
+            cv2.imwrite(str(tmp / f"{i:05d}.png"), m.astype(np.uint8) * 255)
 
 
 def _log_summary(pre: PreprocessedVideo, stats: dict, meta_traj: dict) -> None:
@@ -300,59 +303,22 @@ def _log_summary(pre: PreprocessedVideo, stats: dict, meta_traj: dict) -> None:
 
 
 def load_preprocessed(source) -> PreprocessedVideo:
-    """Rebuild a :class:`PreprocessedVideo` from :func:`preprocessed_info`'s dict (kept in a run's
-    ``run_info.json``) or from a cache folder (its most recent ``preprocessed.json``)."""
-    import json
-
-    if isinstance(source, dict):
-        info = source
-    else:
-        info = json.loads((Path(source) / "preprocessed.json").read_text())
-    cache_dir = Path(info["cache_dir"])
-    entries = info["entries"]
-    by_stage = {}
-    for e in entries:
-        stage = e.rsplit("-", 1)[0]
-        by_stage[stage] = e.rsplit("-", 1)[1]
-    cache = StageCache(cache_dir)
-
-    def _get(stage):
-        return cache.load(stage, by_stage[stage])[0]
-
-    bb = _get("best_buddies")
+    """Rebuild a :class:`PreprocessedVideo` from its :class:`CacheIndex` (or the index's dict, as kept in a
+    run's ``run_info.json``) or from a cache folder (its most recent ``preprocessed.json``)."""
+    index = CacheIndex.coerce(source)
+    index.require("frames", "features", "trajectories", "split", "masks", "best_buddies")
+    bb = index.load("best_buddies")
     return PreprocessedVideo(
-        name=info["name"], frames=torch.from_numpy(np.array(_get("frames")["frames"])),
-        features=torch.from_numpy(np.array(_get("features")["features"])), patch=info["patch"],
-        stride=info["stride"], tracks=torch.from_numpy(np.array(_get("trajectories")["tracks"])),
-        tracks_fg=torch.from_numpy(np.array(_get("split")["tracks_fg"])).bool(),
-        fg_masks=torch.from_numpy(np.array(_get("masks")["fg"])).bool(),
+        name=index.name, frames=torch.from_numpy(np.array(index.load("frames")["frames"])),
+        features=torch.from_numpy(np.array(index.load("features")["features"])), patch=index.patch,
+        stride=index.stride, tracks=torch.from_numpy(np.array(index.load("trajectories")["tracks"])),
+        tracks_fg=torch.from_numpy(np.array(index.load("split")["tracks_fg"])).bool(),
+        fg_masks=torch.from_numpy(np.array(index.load("masks")["fg"])).bool(),
         best_buddies=BestBuddies(**{k: torch.from_numpy(np.array(bb[k])) for k in BB_FIELDS}),
-        resize=Resize(tuple(info["input_hw"]), tuple(info["model_hw"])),
-        frame_indices=np.asarray(info["frame_indices"]), meta=info)
-
-
-def cache_index(name: str, cache_dir, patch: int, stride: int, resize: Resize, frame_indices, entries,
-                **extra) -> dict:
-    """The JSON-able index of a video's cache entries (``preprocessed.json``; what :func:`load_preprocessed`
-    and :func:`dinotracker.inference.api.load_inference_video` read)."""
-    return dict(name=name, cache_dir=str(Path(cache_dir).resolve()), patch=int(patch), stride=int(stride),
-                input_hw=list(resize.input_hw), model_hw=list(resize.model_hw),
-                frame_indices=[int(i) for i in frame_indices], entries=list(entries), **extra)
+        resize=index.resize, frame_indices=np.asarray(index.frame_indices), meta={}, index=index)
 
 
 def preprocessed_info(pre: PreprocessedVideo) -> dict:
-    """What :func:`load_preprocessed` needs to rebuild ``pre`` from the cache (JSON-able)."""
-    return cache_index(pre.name, pre.meta["cache_dir"], pre.patch, pre.stride, pre.resize, pre.frame_indices,
-                       pre.meta["entries"], backbone=pre.meta.get("backbone"))
-
-
-def write_preprocessed_index(pre: PreprocessedVideo) -> Path:
-    """Record ``pre``'s entries as the cache folder's most recent ``preprocessed.json``."""
-    import json
-
-    path = Path(pre.meta["cache_dir"]) / "preprocessed.json"
-    info = preprocessed_info(pre)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=1, default=str))
-    tmp.replace(path)
-    return path
+    """``pre``'s :class:`CacheIndex` as JSON (what :func:`load_preprocessed` and :func:`dinotracker.load`
+    read back)."""
+    return pre.index.to_dict()

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from dinotracker.geometry import Resize, patch_center_grid
+from dinotracker.preprocessing.cache import CacheIndex
 
 
 @dataclass
@@ -55,6 +56,7 @@ class PreprocessedVideo:
     fg_masks:      bool [T, H, W] foreground masks (user's or saliency).
     best_buddies:  flow-filtered DINO best-buddies with ambiguity weights.
     frame_indices: int [T] index of each frame in the source video (range/stride).
+    index:         the cache entries this was read from (None when built in memory).
     """
 
     name: str
@@ -69,6 +71,7 @@ class PreprocessedVideo:
     resize: Resize
     frame_indices: np.ndarray
     meta: dict = field(default_factory=dict)
+    index: CacheIndex | None = None
 
     @property
     def num_frames(self) -> int:

@@ -212,9 +212,9 @@ def private_conf_dir() -> Path:
     dst = folder / "segtrack.yaml"
     text = src.read_text()
     if not dst.is_file() or dst.read_text() != text:
-        tmp = folder / f".segtrack.{os.getpid()}.yaml"
-        tmp.write_text(text)
-        tmp.replace(dst)  # atomic: concurrent launches never see a partial file
+        from dinotracker.utils.atomic import write_text
+
+        write_text(dst, text)  # atomic: concurrent launches never see a partial file
     return folder
 
 

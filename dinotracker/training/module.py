@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -432,9 +431,10 @@ class DinoTrackerModule(L.LightningModule):
         obj = {"model_kwargs": dict(self.model_kwargs), "state_dict": cpu(self.tracker.state_dict()),
                "ema_state_dict": cpu(self.teacher.state_dict()) if self.teacher is not None else None,
                "backbone": dict(self.backbone_spec)}
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        from dinotracker.utils.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
         return path
 
 

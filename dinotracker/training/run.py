@@ -85,9 +85,9 @@ def resolve_ckpt_path(ckpt_path, out: Path) -> str | None:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable))
-    tmp.replace(path)
+    from dinotracker.utils.atomic import write_text
+
+    write_text(path, json.dumps(obj, indent=1, default=_jsonable))
 
 
 def _jsonable(x):
@@ -182,7 +182,7 @@ def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
     run_info = dict(video=dict(name=video.name, source=video.source, fps=video.fps,
                                frame_indices=[int(i) for i in video.frame_indices]),
                     input_hw=list(video.hw), model_hw=list(pre.model_hw), preprocessed=preprocessed_info(pre),
-                    cache_dir=pre.meta["cache_dir"], backbone=str(cfg.backbone.name))
+                    backbone=str(cfg.backbone.name))
     write_json(out / "run_info.json", run_info)
 
     module, datamodule = build_training(pre, cfg)
@@ -273,11 +273,7 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
         tr, vis = still_baseline(queries, shown.num_frames)
         preds["still"] = (to_numpy(tr), to_numpy(vis))
     if "flow_chaining" in baselines:
-        from dinotracker.preprocessing.cache import StageCache
-
-        index = full_index or pre.meta
-        flow_entry = next(e for e in index["entries"] if e.startswith("flow-"))
-        arr, _ = StageCache(index["cache_dir"]).load("flow", flow_entry.split("-", 1)[1])
+        arr = (full_index or pre.index).load("flow")
         q_model = queries.clone()
         q_model[:, 1:] = pre.resize.to_model(queries[:, 1:])
         tr, vis = flow_chaining_baseline(q_model, torch.from_numpy(np.array(arr["forward"])),

@@ -18,7 +18,6 @@ its centre at (j + 0.5, i + 0.5)). Video: PyAV, H.264 yuv420p (``libx264``), fal
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import cv2
@@ -192,10 +191,11 @@ def draw_tracks_grid(
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
+    from dinotracker.utils.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {path}")
     return path
 
 

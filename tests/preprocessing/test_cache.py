@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 
@@ -53,3 +55,53 @@ def test_clean_stale(tmp_path):
         cache.save("s", k, {"x": np.zeros(1)})
     removed = cache.clean_stale({"s-k2"})
     assert [p.name for p in removed] == ["s-k1"] and cache.has("s", "k2")
+
+
+def test_cache_index_round_trip_and_legacy_entries(tmp_path):
+    from dinotracker.preprocessing.cache import CacheIndex, StageRef
+
+    cache = StageCache(tmp_path)
+    cache.save("frames", "k1", {"frames": np.zeros((2, 3, 4, 4), np.uint8)})
+    cache.save("flow", "k-2", {"forward": np.ones((1, 2, 4, 4), np.float16)})  # a key with a dash
+    index = CacheIndex(name="v", cache_dir=tmp_path, patch=14, stride=7, input_hw=(8, 8), model_hw=(4, 4),
+                       frame_indices=[0, 1], stages={"frames": StageRef("frames", "k1"),
+                                                     "flow": StageRef("flow", "k-2")})
+    index.write()
+    back = CacheIndex.read(tmp_path)
+    assert back == index and back.to_dict()["stages"] == {"frames": "k1", "flow": "k-2"}
+    assert back.load("flow")["forward"].dtype == np.float16 and back.path("frames") == tmp_path / "frames-k1"
+    with pytest.raises(FileNotFoundError, match="'features'"):
+        back.load("features")
+    # the untyped index written before (entries "<stage>-<key>") still reads
+    legacy = {k: v for k, v in index.to_dict().items() if k not in ("stages", "format")}
+    legacy["entries"] = ["frames-k1"]
+    assert CacheIndex.from_dict(legacy).stages == {"frames": StageRef("frames", "k1")}
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "frames-k1", moved / "frames-k1")
+    assert index.moved_to(moved).load("frames")["frames"].shape == (2, 3, 4, 4)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        index.moved_to(tmp_path / "nowhere").load("frames")
+    with pytest.raises(ValueError, match="stages"):
+        CacheIndex.from_dict({"cache_dir": "x"})
+
+
+def test_atomic_path_unique_names_and_no_leftovers(tmp_path):
+    from dinotracker.utils.atomic import atomic_path, temp_name, write_text
+
+    target = tmp_path / "out.png"
+    names = {temp_name(target) for _ in range(50)}
+    assert len(names) == 50 and all(n.suffix == ".png" and n.parent == tmp_path for n in names)
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []  # neither the target nor the temporary file
+    write_text(target, "one")
+    write_text(target, "two")
+    assert target.read_text() == "two" and list(tmp_path.iterdir()) == [target]
+    # folders: filled under a temporary name, an existing folder (another writer's) is kept
+    with atomic_path(tmp_path / "entry", folder=True, keep_existing=True) as d:
+        (d / "a.npy").write_text("first")
+    with atomic_path(tmp_path / "entry", folder=True, keep_existing=True) as d:
+        (d / "a.npy").write_text("second")
+    assert (tmp_path / "entry" / "a.npy").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "out.png"]

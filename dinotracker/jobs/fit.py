@@ -142,7 +142,7 @@ def fit_video(cfg: DictConfig) -> float | None:
     import lightning as L
     from hydra.utils import instantiate
 
-    from dinotracker.cli import resolve_precision, video_help
+    from dinotracker.jobs.cli import resolve_precision, video_help
     from dinotracker.data.sources import video_from_config
     from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
 

@@ -148,7 +148,7 @@ def _run_info(folder: Path) -> dict:
 def main() -> None:
     import hydra
 
-    from dinotracker.cli import precheck
+    from dinotracker.jobs.cli import precheck
 
     precheck("track", sys.argv[1:])  # a mistyped option: one line with the valid names, before any work
     hydra.main(config_path=str(dinotracker.config_dir()), config_name="track", version_base="1.3")(cli_errors(run))()

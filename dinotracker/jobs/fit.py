@@ -147,8 +147,8 @@ def fit_video(cfg: DictConfig) -> float | None:
     """The whole ``fit`` job for one video (see the module docstring). Returns the optimised metric.
 
     Holds the run folder's lock (:mod:`dinotracker.utils.runlock`): a second fit on the same folder refuses."""
-    from dinotracker.cli import video_help
     from dinotracker.config import validate
+    from dinotracker.jobs.cli import video_help
     from dinotracker.training.loggers import own_experiments
     from dinotracker.utils.runlock import run_folder_lock
 
@@ -168,7 +168,7 @@ def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
     import lightning as L
     from hydra.utils import instantiate
 
-    from dinotracker.cli import resolve_precision
+    from dinotracker.jobs.cli import resolve_precision
     from dinotracker.data.sources import video_from_config
     from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
     from dinotracker.training import preemption

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dinotracker.jobs.cli import hydra_entry
 from dinotracker.utils.arrays import to_numpy
 
 log = logging.getLogger("dinotracker.fit")
@@ -142,8 +143,8 @@ def fit_video(cfg: DictConfig) -> float | None:
     import lightning as L
     from hydra.utils import instantiate
 
-    from dinotracker.jobs.cli import resolve_precision, video_help
     from dinotracker.data.sources import video_from_config
+    from dinotracker.jobs.cli import resolve_precision, video_help
     from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
 
     if cfg.get("video") is None:
@@ -318,3 +319,26 @@ def _device_of(module) -> torch.device:
     except StopIteration:
         return torch.device("cpu")
 
+
+def run(cfg: DictConfig) -> float | None:
+    """The Hydra task of ``python -m dinotracker.fit``. In a multirun (sweeps, benchmarks) a failing job is
+    logged, leaves ``error.txt`` in its run folder and returns NaN, so one bad trial or video does not end
+    the sweep. Returns the metric named by ``optimized_metric`` so that Hydra sweepers (Optuna) can
+    optimise it."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return fit_video(cfg)
+    try:
+        return fit_video(cfg)
+    except Exception as err:  # noqa: BLE001 - reported, and the sweep goes on
+        import traceback
+
+        out = Path(HydraConfig.get().runtime.output_dir)
+        (out / "error.txt").write_text(traceback.format_exc())
+        log.error("job failed (%s: %s); see %s -- the sweep continues", type(err).__name__, err, out / "error.txt")
+        return float("nan")
+
+
+main = hydra_entry(run, "fit")

@@ -39,7 +39,7 @@ def test_benchmark_runs_summarises_and_skips(tmp_path, launcher, tiny_fit_overri
 
 
 def test_paper_numbers_follow_the_experiment():
-    from dinotracker.benchmark import paper_numbers
+    from dinotracker.jobs.benchmark import paper_numbers
 
     paper = {"dinotracker": {"delta_avg": 0.804, "occlusion_accuracy": 0.881, "average_jaccard": 0.646}}
     rows = [dict(video="a", method="dinotracker", paper_reference=None)]

@@ -307,7 +307,7 @@ def test_track_cli_writes_exports(tmp_path, make_model, make_video):
 
     from dinotracker import config_dir as conf_dir
     from dinotracker.inference.export import load_csv, load_npz
-    from dinotracker.track import run
+    from dinotracker.jobs.track import run
 
     model, video = make_model(), make_video()
     info = _write_cache(tmp_path / "cache", video)

@@ -12,13 +12,16 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dinotracker.jobs.cli import hydra_entry
 from dinotracker.utils.arrays import to_numpy
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("dinotracker.fit")
 
@@ -89,6 +92,8 @@ def write_json(path: Path, obj) -> None:
 
 
 def _jsonable(x):
+    import torch
+
     if isinstance(x, (np.floating, np.integer)):
         return x.item()
     if isinstance(x, np.ndarray):
@@ -218,6 +223,8 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     """After training: track a query grid (exported + drawn) and, with ground truth, score the
     fitted tracker against the still-point and flow-chaining baselines (and raw DINO when a
     backbone is used) on the ground truth's queries. Writes metrics.json / metrics.md."""
+    import torch
+
     from dinotracker.evaluation.baselines import flow_chaining_baseline, still_baseline
     from dinotracker.inference.api import load
     from dinotracker.inference.export import save_npz
@@ -312,6 +319,8 @@ def _full_video(cfg):
 
 
 def _device_of(module) -> torch.device:
+    import torch
+
     if module is None:
         return torch.device("cpu")
     try:

@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from dinotracker.inference.api import (
-    InferenceVideo,
-    Tracker,
-    load,
-    reference_to_state_dict,
-    state_dict_to_reference,
-)
+from dinotracker.inference.api import InferenceVideo, Tracker, load
 from dinotracker.inference.occlusion import lower_median, predict_occlusion
 from dinotracker.inference.queries import as_queries, grid_queries, queries_to_model
 from dinotracker.inference.reference import occlusion_loop, occlusion_one, track_queries_loop
 from dinotracker.inference.tracker import FeatureBank, refined_maps, track_queries
+from dinotracker.models.checkpoint import reference_to_state_dict, state_dict_to_reference
 
 
 def _queries(n, t, hw, seed=5):

@@ -7,9 +7,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from dinotracker.models.checkpoint import load_exported
 from dinotracker.training.callbacks import LossCurvePlot, TrackVisualization
 from dinotracker.training.datamodule import CorrespondenceDataModule, toy_preprocessed_video
-from dinotracker.training.module import DinoTrackerModule, load_exported
+from dinotracker.training.module import DinoTrackerModule
 from dinotracker.training.sampler import CorrespondenceSampler
 
 SMALL = dict(flow_pairs=48, bb_pairs=32, cycle_pairs=32, bb_frame_pairs=2, cycle_frame_pairs=2)

@@ -149,11 +149,10 @@ def fit_video(cfg: DictConfig) -> float | None:
     from hydra.utils import instantiate
 
     from dinotracker.data.sources import video_from_config
-    from dinotracker.jobs.cli import resolve_precision, video_help
+    from dinotracker.jobs.cli import require_video, resolve_precision
     from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
 
-    if cfg.get("video") is None:
-        raise SystemExit(f"error: no video given\n  {video_help()}")
+    require_video(cfg)
     out = _output_dir(cfg)
     if cfg.get("skip_if_done") and (out / "metrics.json").is_file():
         log.info("%s already has metrics.json: skipping (skip_if_done=true)", out)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dinotracker.jobs.cli import hydra_entry
+from dinotracker.jobs.cli import hydra_entry, require_video
 
 log = logging.getLogger("dinotracker.preprocess")
 
@@ -24,10 +24,7 @@ def run(cfg: DictConfig) -> dict:
     from dinotracker.data.sources import video_from_config
     from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
 
-    if cfg.get("video") is None:
-        from dinotracker.jobs.cli import video_help
-
-        raise SystemExit(f"error: no video given\n  {video_help()}")
+    require_video(cfg)
     video, _ = video_from_config(cfg.video)
     stats: dict = {}
     pre = preprocess_video(video, cfg.backbone, cfg.flow, cfg.preprocess, cfg.paths.cache_dir, stats=stats)

@@ -28,8 +28,10 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
+# ruff, and the import contract of pyproject.toml [tool.importlinter] (layers run one way; docs/DESIGN.md)
 lint: $(STAMP)
 	$(BIN)/ruff check dinotracker tests experiments
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	for f in experiments/bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

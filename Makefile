@@ -38,7 +38,7 @@ bench: $(STAMP)
 
 # build a wheel and run the entry point from a clean virtual environment
 wheel-check: $(STAMP)
-	bash experiments/wheel_check.sh
+	PY=$(BIN)/python bash experiments/wheel_check.sh
 
 clean:
 	rm -rf build dist *.egg-info

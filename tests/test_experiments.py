@@ -46,6 +46,7 @@ def _compose(experiment, tmp_path, extra=()):
     return cfg
 
 
+@pytest.mark.slow  # one 2-step fit per experiment file (tests/jobs/test_fit.py is the fast tier's fit)
 @pytest.mark.parametrize("experiment", ALL)
 def test_experiment_runs_two_steps(experiment, tmp_path):
     metric = _run(experiment, tmp_path)
@@ -61,6 +62,7 @@ def test_experiment_runs_two_steps(experiment, tmp_path):
         assert f"Paper ({ref['label']}" in (run / "metrics.md").read_text()
 
 
+@pytest.mark.slow
 def test_subsampled_fit_tracks_every_frame(tmp_path):
     """Paper Tab. 4: fitted on every 2nd frame, the tracker runs on all frames with their own features; on
     the fitted frames it gives what the fitted-frames tracker gives."""

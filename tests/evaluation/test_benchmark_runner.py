@@ -20,6 +20,7 @@ def _bench(tmp_path, launcher, tiny):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # two benchmark runs of two fit jobs each
 @pytest.mark.parametrize("launcher", [None, "submitit_local"])
 def test_benchmark_runs_summarises_and_skips(tmp_path, launcher, tiny_fit_overrides):
     if launcher:

@@ -54,3 +54,33 @@ def test_a_reverse_import_breaks_it(package_copy, module, statement, expected):
     r = _lint(package_copy)
     assert r.returncode != 0, r.stdout
     assert expected in " ".join(r.stdout.split()), r.stdout
+
+
+ENTRY_POINTS = {"fit.py": "fit", "preprocess.py": "preprocess", "track.py": "track", "benchmark.py": "benchmark",
+                "demo.py": "demo", "segtrack/__main__.py": "segtrack"}
+
+
+@pytest.mark.parametrize("path", sorted(ENTRY_POINTS))
+def test_entry_points_are_thin(path):
+    """``python -m dinotracker.<verb>`` modules only import ``main`` from ``jobs/<verb>.py`` and call it."""
+    import ast
+
+    tree = ast.parse((REPO / "dinotracker" / path).read_text())
+    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    imports = [n for n in body if isinstance(n, ast.ImportFrom)]
+    assert [(n.module, [a.name for a in n.names]) for n in imports] == [(f"dinotracker.jobs.{ENTRY_POINTS[path]}",
+                                                                          ["main"])]
+    assert all(isinstance(n, (ast.Import, ast.ImportFrom, ast.If)) for n in body), "an entry point defines nothing"
+
+
+def test_fit_reaches_lightning_in_three_hops():
+    """fit.py -> jobs/fit.py -> lightning (DESIGN.md): the fit job itself builds the Trainer and calls fit."""
+    import ast
+
+    tree = ast.parse((REPO / "dinotracker" / "jobs" / "fit.py").read_text())
+    fit_video = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "fit_video")
+    imported = {a.name for n in ast.walk(fit_video) if isinstance(n, ast.Import) for a in n.names}
+    calls = {n.func.attr for n in ast.walk(fit_video) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    assert "lightning" in imported and "fit" in calls
+    main = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "main")
+    assert ast.unparse(main.value) == "hydra_entry(run, 'fit')"

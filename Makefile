@@ -32,15 +32,17 @@ test-slurm: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
+# ruff, and the import contract of pyproject.toml [tool.importlinter] (layers run one way; docs/DESIGN.md)
 lint: $(STAMP)
 	$(BIN)/ruff check dinotracker tests experiments
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	for f in experiments/bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 # build a wheel and run the entry point from a clean virtual environment
 wheel-check: $(STAMP)
-	bash experiments/wheel_check.sh
+	PY=$(BIN)/python bash experiments/wheel_check.sh
 
 clean:
 	rm -rf build dist *.egg-info

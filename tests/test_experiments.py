@@ -46,6 +46,7 @@ def _compose(experiment, tmp_path, extra=()):
     return cfg
 
 
+@pytest.mark.slow  # one 2-step fit per experiment file (tests/jobs/test_fit.py is the fast tier's fit)
 @pytest.mark.parametrize("experiment", ALL)
 def test_experiment_runs_two_steps(experiment, tmp_path):
     metric = _run(experiment, tmp_path)
@@ -65,6 +66,7 @@ def test_experiment_runs_two_steps(experiment, tmp_path):
         assert rows and all(r.split(" | ")[1] == "strided" for r in rows)
 
 
+@pytest.mark.slow
 def test_subsampled_fit_tracks_every_frame(tmp_path):
     """Paper Tab. 4: fitted on every 2nd frame, the tracker runs on all frames with their own features; on
     the fitted frames it gives what the fitted-frames tracker gives."""
@@ -72,8 +74,8 @@ def test_subsampled_fit_tracks_every_frame(tmp_path):
 
     from dinotracker.data.sources import video_from_config
     from dinotracker.inference.api import load
-    from dinotracker.preprocessing.pipeline import preprocess_inference_inputs
     from dinotracker.jobs.fit import _full_video, fit_video, fitted_video_config
+    from dinotracker.preprocessing.pipeline import preprocess_inference_inputs
 
     cfg = _compose("subsample/every_2", tmp_path, ["backbone=random_vits14"])
     fit_video(cfg)

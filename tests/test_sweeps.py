@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # several fit jobs each
 
 
 def _fit(tmp_path, tiny, *args):

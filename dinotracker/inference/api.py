@@ -14,27 +14,16 @@ Run folder files read: ``tracker.pt`` (``{"model_kwargs", "state_dict", "ema_sta
 :func:`run_video_index`; ``input_hw``/``model_hw`` are checked against the cache). Only the ``frames`` and
 ``features`` cache entries are loaded (memory-mapped), never trajectories or best-buddies.
 
-Reference checkpoints (AssafSinger94/dino-tracker ``models/dino_tracker/delta_dino_<it>.pt`` and
-``tracker_head_<it>.pt``, plain state dicts; the largest ``it`` present in both is used) load with
-a preprocessing cache of the same video. Key mapping (reference -> ours), see
-:func:`reference_to_state_dict`:
-
-* ``DeltaDINO.layers.<i>.<p>`` -> ``delta_dino.layers.<i>.<p>``; same ``nn.ModuleList`` layout:
-  ``[conv, bn, relu, blurpool] x 3 + [conv(dilation 2), bn]`` = indices 0..13, BlurPool buffer
-  ``filt`` (antialiased_cnns) at 3, 7, 11;
-* ``TrackerHead.cnn_refiner.<i>.<p>`` (``NormalizedConv2d`` at 0 and 2) -> ``refiner.net.<i>.<p>``.
-
-The converted model is built with ``align_mode="reference"``, ``coarse_from="raw"``,
-``normalized_refiner=True`` (the reference's choices). Known residual difference: the reference's
-coordinates are pixel *indices* (align_corners=True) where ours are raster, a 0.5 px convention
-offset of the exported tracks.
+Reference checkpoints (AssafSinger94/dino-tracker ``delta_dino_<it>.pt`` + ``tracker_head_<it>.pt``) load
+with a preprocessing cache of the same video; the key mapping and architecture choices are in
+:mod:`dinotracker.models.checkpoint`, which also reads ``tracker.pt``. Nothing here imports the training
+stack (Lightning, losses, sampler).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +34,7 @@ from dinotracker.geometry import Resize
 from dinotracker.inference.occlusion import cosine_confidence, predict_occlusion, track_cosines
 from dinotracker.inference.queries import as_queries, grid_queries, queries_to_model
 from dinotracker.inference.tracker import FeatureBank, default_storage_dtype, refined_maps, track_queries
+from dinotracker.models.checkpoint import find_reference_checkpoints, tracker_from_export, tracker_from_reference
 from dinotracker.models.tracker import DinoTracker
 from dinotracker.utils.resume import latest_checkpoint, unfinished_run_message
 
@@ -214,53 +204,6 @@ class Tracker:
         )
 
 
-# ---------------------------------------------------------------------- reference checkpoints
-def reference_to_state_dict(delta_dino_sd: dict | None, tracker_head_sd: dict | None) -> dict:
-    """Reference ``delta_dino_<it>.pt`` / ``tracker_head_<it>.pt`` state dicts -> our DinoTracker keys
-    (module docstring). A ``module.`` prefix (DataParallel) is stripped."""
-    out = {}
-    for k, v in (delta_dino_sd or {}).items():
-        k = k.removeprefix("module.")
-        if not k.startswith("layers."):
-            raise ValueError(f"unexpected Delta-DINO key {k!r} (expected layers.<i>.<param>)")
-        out["delta_dino." + k] = v
-    for k, v in (tracker_head_sd or {}).items():
-        k = k.removeprefix("module.")
-        if not k.startswith("cnn_refiner."):
-            raise ValueError(f"unexpected tracker-head key {k!r} (expected cnn_refiner.<i>.<param>)")
-        out["refiner.net." + k.removeprefix("cnn_refiner.")] = v
-    return out
-
-
-def state_dict_to_reference(state_dict: dict) -> tuple[dict, dict]:
-    """Inverse of :func:`reference_to_state_dict`: ours -> (delta_dino_sd, tracker_head_sd)."""
-    delta, head = {}, {}
-    for k, v in state_dict.items():
-        if k.startswith("delta_dino."):
-            delta[k.removeprefix("delta_dino.")] = v
-        elif k.startswith("refiner.net."):
-            head["cnn_refiner." + k.removeprefix("refiner.net.")] = v
-        else:
-            raise ValueError(f"key {k!r} has no reference counterpart")
-    return delta, head
-
-
-def find_reference_checkpoints(folder) -> tuple[Path, Path, int] | None:
-    """``(delta_dino_<it>.pt, tracker_head_<it>.pt, it)`` with the largest ``it`` present in both, looked
-    up in ``folder`` and ``folder/models/dino_tracker`` (the reference's layout); None if absent."""
-    folder = Path(folder)
-    for d in (folder, folder / "models" / "dino_tracker"):
-        its = sorted(
-            int(m.group(1))
-            for p in d.glob("delta_dino_*.pt")
-            if (m := re.fullmatch(r"delta_dino_(\d+)\.pt", p.name))
-        )
-        its = [i for i in its if (d / f"tracker_head_{i}.pt").is_file()]
-        if its:
-            return d / f"delta_dino_{its[-1]}.pt", d / f"tracker_head_{its[-1]}.pt", its[-1]
-    return None
-
-
 # ---------------------------------------------------------------------- loading
 def load_inference_video(source) -> InferenceVideo:
     """Frames and features of a preprocessed video from its cache index (a
@@ -335,8 +278,6 @@ def load(
         for key in ("input_hw", "model_hw"):
             if key in info and tuple(info[key]) != tuple(getattr(video.resize, key)):
                 raise ValueError(f"run_info {key}={info[key]} but the cache has {getattr(video.resize, key)}")
-        from dinotracker.training.module import tracker_from_export
-
         d = torch.load(folder / "tracker.pt", map_location="cpu", weights_only=True)
         if raw_features:  # the frozen features alone: no LoRA backbone to rebuild
             d = {**d, "model_kwargs": {**d["model_kwargs"], "lora": None}}
@@ -358,20 +299,8 @@ def load(
                 "cache> (python -m dinotracker.preprocess +video=... makes one)"
             )
         video = load_inference_video(Path(cache_dir))
-        model = DinoTracker(
-            feature_dim=int(video.features.shape[1]),
-            patch=video.patch,
-            stride=video.stride,
-            model_hw=video.resize.model_hw,
-            coarse_from="raw",
-            normalized_refiner=True,
-            align_mode="reference",
-        )
-        sd = reference_to_state_dict(
-            torch.load(ref[0], map_location="cpu", weights_only=True),
-            torch.load(ref[1], map_location="cpu", weights_only=True),
-        )
-        model.load_state_dict(sd, strict=True)
+        model = tracker_from_reference(ref[0], ref[1], feature_dim=int(video.features.shape[1]), patch=video.patch,
+                                       stride=video.stride, model_hw=video.resize.model_hw)
         log.info("loaded reference checkpoints %s, %s (iteration %d)", ref[0].name, ref[1].name, ref[2])
     if raw_features:  # F = Phi and H = softmax(S): nearest-neighbour tracking on the frozen features
         model = DinoTracker(

@@ -37,8 +37,16 @@ def video_help() -> str:
             " [video.masks=<mask folder>]")
 
 
-def require_video(argv: list[str]) -> None:
-    """Exit with the list of videos when the command line names none (before Hydra makes a run folder)."""
+def require_video(source) -> None:
+    """The one missing/unknown-video check of the fit and preprocess jobs: exit (status 2) with the list
+    of videos when ``source`` names none. ``source`` is the command line (a list of arguments, checked
+    before Hydra makes a run folder; unknown names are refused too) or a composed config (a job called
+    from Python)."""
+    if not isinstance(source, (list, tuple)):
+        if source.get("video") is None:
+            _no_video("no video given")
+        return
+    argv = list(source)
     if any(a.split("=")[0] in _INFO_FLAGS or a in _INFO_FLAGS for a in argv):
         return
     if any(a.lstrip("+~").startswith("video=") for a in argv):
@@ -48,10 +56,13 @@ def require_video(argv: list[str]) -> None:
             return
         bad = [u for u in unknown if "," not in u and "(" not in u and u not in names]
         if bad:
-            print(f"error: unknown video {bad[0]!r}\n  {video_help()}", file=sys.stderr)
-            raise SystemExit(2)
+            _no_video(f"unknown video {bad[0]!r}")
         return
-    print(f"error: no video given\n  {video_help()}", file=sys.stderr)
+    _no_video("no video given")
+
+
+def _no_video(problem: str):
+    print(f"error: {problem}\n  {video_help()}", file=sys.stderr)
     raise SystemExit(2)
 
 

@@ -12,12 +12,16 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dinotracker.jobs.cli import hydra_entry
 from dinotracker.utils.arrays import to_numpy
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("dinotracker.fit")
 
@@ -91,6 +95,8 @@ def write_json(path: Path, obj) -> None:
 
 
 def _jsonable(x):
+    import torch
+
     if isinstance(x, (np.floating, np.integer)):
         return x.item()
     if isinstance(x, np.ndarray):
@@ -148,13 +154,12 @@ def fit_video(cfg: DictConfig) -> float | None:
 
     Holds the run folder's lock (:mod:`dinotracker.utils.runlock`): a second fit on the same folder refuses."""
     from dinotracker.config import validate
-    from dinotracker.jobs.cli import video_help
+    from dinotracker.jobs.cli import require_video
     from dinotracker.training.loggers import own_experiments
     from dinotracker.utils.runlock import run_folder_lock
 
     validate(cfg)  # bad values stop here, before any heavy import or work
-    if cfg.get("video") is None:
-        raise SystemExit(f"error: no video given\n  {video_help()}")
+    require_video(cfg)
     out = _output_dir(cfg)
     if cfg.get("skip_if_done") and (out / "metrics.json").is_file():
         log.info("%s already has metrics.json: skipping (skip_if_done=true)", out)
@@ -168,8 +173,8 @@ def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
     import lightning as L
     from hydra.utils import instantiate
 
-    from dinotracker.jobs.cli import resolve_precision
     from dinotracker.data.sources import video_from_config
+    from dinotracker.jobs.cli import resolve_precision
     from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
     from dinotracker.training import preemption
     from dinotracker.training.loggers import checkpoint_step
@@ -233,6 +238,8 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     """After training: track a query grid (exported + drawn) and, with ground truth, score the
     fitted tracker against the still-point and flow-chaining baselines (and raw DINO when a
     backbone is used) on the ground truth's queries. Writes metrics.json / metrics.md."""
+    import torch
+
     from dinotracker.evaluation.baselines import flow_chaining_baseline, still_baseline
     from dinotracker.inference.api import load
     from dinotracker.inference.tracks_schema import write_tracks
@@ -324,6 +331,8 @@ def _full_video(cfg):
 
 
 def _device_of(module) -> torch.device:
+    import torch
+
     if module is None:
         return torch.device("cpu")
     try:
@@ -331,3 +340,45 @@ def _device_of(module) -> torch.device:
     except StopIteration:
         return torch.device("cpu")
 
+
+def run(cfg: DictConfig) -> float | None:
+    """The Hydra task of ``python -m dinotracker.fit``. In a multirun (sweeps, benchmarks) a failing job is
+    logged, leaves ``error.txt`` in its run folder and returns NaN, so one bad trial or video does not end
+    the sweep. Inside a Slurm job, ``slurm.json`` in the run folder records the job id, times, outcome and
+    peak memory. Returns the metric named by ``optimized_metric`` so that Hydra sweepers (Optuna) can
+    optimise it."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from dinotracker.training.preemption import Preempted
+    from dinotracker.utils import slurm
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.get("skip_if_done") and (out / "metrics.json").is_file():
+        return fit_video(cfg)  # skips; keeps the record of the job that did the work
+    slurm.record_job(out, started_at=slurm.now(), ended_at=None, outcome="running")
+    outcome = "failed"
+    try:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            result = fit_video(cfg)
+            outcome = "done"
+            return result
+        (out / "error.txt").unlink(missing_ok=True)  # from an earlier attempt of this job
+        try:
+            result = fit_video(cfg)
+            outcome = "done"
+            return result
+        except Exception as err:  # noqa: BLE001 - reported, and the sweep goes on
+            import traceback
+
+            (out / "error.txt").write_text(traceback.format_exc())
+            log.error("job failed (%s: %s); see %s -- the sweep continues", type(err).__name__, err, out / "error.txt")
+            return float("nan")
+    except Preempted:
+        outcome = "preempted"
+        raise
+    finally:
+        slurm.record_job(out, ended_at=slurm.now(), outcome=outcome, max_rss_mb=round(slurm.peak_rss_mb(), 1))
+
+
+main = hydra_entry(run, "fit")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dinotracker.jobs.cli import hydra_entry
+from dinotracker.jobs.cli import hydra_entry, require_video
 
 log = logging.getLogger("dinotracker.preprocess")
 
@@ -33,10 +33,7 @@ def run(cfg: DictConfig) -> dict:
         raise SystemExit(f"error: cache={mode!r}: choose use (compute or reuse) or check (verify the whole cache)")
     if mode == "check":
         return check(cfg)
-    if cfg.get("video") is None:
-        from dinotracker.jobs.cli import video_help
-
-        raise SystemExit(f"error: no video given\n  {video_help()}")
+    require_video(cfg)
     video, _ = video_from_config(cfg.video)
     stats: dict = {}
     pre = preprocess_video(video, cfg.backbone, cfg.flow, cfg.preprocess, cfg.paths.cache_dir, stats=stats)

@@ -44,8 +44,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dinotracker.backbones import build_from_spec
 from dinotracker.config import validate_loss, validate_model, validate_optim
+from dinotracker.models.checkpoint import save_tracker
 from dinotracker.models.lora import LORA_FEATURE_KEYS
 from dinotracker.models.tracker import DinoTracker, point_features, point_rows
 from dinotracker.preprocessing.types import PreprocessedVideo
@@ -420,43 +420,8 @@ class DinoTrackerModule(L.LightningModule):
 
     # ------------------------------------------------------------------ export
     def export(self, path) -> Path:
-        """Write ``{"model_kwargs", "state_dict", "ema_state_dict", "backbone"}`` (weights only, CPU
-        tensors) atomically (tmp file + ``os.replace``). ``ema_state_dict`` is the teacher's (EMA or
-        lagged weights) or None; ``backbone`` the ``build_backbone`` kwargs of the frozen backbone (a
-        LoRA tracker needs it at inference; its weights are not copied). Rebuild with
-        :func:`load_exported`."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
-        obj = {"model_kwargs": dict(self.model_kwargs), "state_dict": cpu(self.tracker.state_dict()),
-               "ema_state_dict": cpu(self.teacher.state_dict()) if self.teacher is not None else None,
-               "backbone": dict(self.backbone_spec)}
-        from dinotracker.utils.atomic import atomic_path
-
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
-        return path
-
-
-def load_exported(path, map_location="cpu", use_ema: bool = False, backbone: nn.Module | None = None) -> DinoTracker:
-    """Rebuild the :class:`DinoTracker` written by :meth:`DinoTrackerModule.export` (eval mode).
-
-    A LoRA tracker needs its backbone: ``backbone`` or, when None, one rebuilt from the file's
-    ``backbone`` spec (:func:`dinotracker.backbones.build_from_spec`)."""
-    d = torch.load(path, map_location=map_location, weights_only=True)
-    m = tracker_from_export(d, use_ema=use_ema, backbone=backbone)
-    return m.eval()
-
-
-def tracker_from_export(d: dict, use_ema: bool = False, backbone: nn.Module | None = None) -> DinoTracker:
-    """:class:`DinoTracker` from a loaded ``tracker.pt`` dict (attaching the LoRA backbone when it has one)."""
-    kw = dict(d["model_kwargs"])
-    kw["model_hw"] = tuple(kw["model_hw"])
-    if "delta_channels" in kw:
-        kw["delta_channels"] = tuple(kw["delta_channels"])
-    m = DinoTracker(**kw)
-    if m.lora_options is not None:
-        m.attach_backbone(backbone if backbone is not None else build_from_spec(d.get("backbone")))
-    sd = d["ema_state_dict"] if use_ema and d.get("ema_state_dict") is not None else d["state_dict"]
-    m.load_state_dict(sd)
-    return m
+        """Write ``tracker.pt`` (:func:`dinotracker.models.checkpoint.save_tracker`: model kwargs, weights,
+        the teacher's (EMA or lagged) weights or None, and the frozen backbone's build spec). Rebuild with
+        :func:`dinotracker.models.checkpoint.load_exported`."""
+        return save_tracker(path, self.model_kwargs, self.tracker.state_dict(),
+                            self.teacher.state_dict() if self.teacher is not None else None, self.backbone_spec)

@@ -20,6 +20,7 @@ def _bench(tmp_path, launcher, tiny):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # two benchmark runs of two fit jobs each
 @pytest.mark.parametrize("launcher", [None, "submitit_local"])
 def test_benchmark_runs_summarises_and_skips(tmp_path, launcher, tiny_fit_overrides):
     if launcher:
@@ -39,7 +40,7 @@ def test_benchmark_runs_summarises_and_skips(tmp_path, launcher, tiny_fit_overri
 
 
 def test_paper_numbers_follow_the_experiment():
-    from dinotracker.benchmark import paper_numbers
+    from dinotracker.jobs.benchmark import paper_numbers
 
     paper = {"dinotracker": {"delta_avg": 0.804, "occlusion_accuracy": 0.881, "average_jaccard": 0.646}}
     rows = [dict(video="a", method="dinotracker", paper_reference=None)]

@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from dinotracker.inference.api import (
-    InferenceVideo,
-    Tracker,
-    load,
-    reference_to_state_dict,
-    state_dict_to_reference,
-)
+from dinotracker.inference.api import InferenceVideo, Tracker, load
 from dinotracker.inference.occlusion import lower_median, predict_occlusion
 from dinotracker.inference.queries import as_queries, grid_queries, queries_to_model
 from dinotracker.inference.reference import occlusion_loop, occlusion_one, track_queries_loop
 from dinotracker.inference.tracker import FeatureBank, refined_maps, track_queries
+from dinotracker.models.checkpoint import reference_to_state_dict, state_dict_to_reference
 
 
 def _queries(n, t, hw, seed=5):
@@ -307,7 +302,7 @@ def test_track_cli_writes_exports(tmp_path, make_model, make_video):
 
     from dinotracker import config_dir as conf_dir
     from dinotracker.inference.export import load_csv, load_npz
-    from dinotracker.track import run
+    from dinotracker.jobs.track import run
 
     model, video = make_model(), make_video()
     info = _write_cache(tmp_path / "cache", video)

@@ -15,11 +15,12 @@ pytest.importorskip("peft")
 
 from dinotracker.backbones import build_backbone  # noqa: E402
 from dinotracker.config import module_options  # noqa: E402
+from dinotracker.models.checkpoint import load_exported  # noqa: E402
 from dinotracker.models.lora import LoRAFeatures, resolve_lora_blocks  # noqa: E402
 from dinotracker.models.tracker import DinoTracker  # noqa: E402
 from dinotracker.preprocessing.features import extract_video_features  # noqa: E402
 from dinotracker.training.datamodule import CorrespondenceDataModule, toy_preprocessed_video  # noqa: E402
-from dinotracker.training.module import DinoTrackerModule, load_exported  # noqa: E402
+from dinotracker.training.module import DinoTrackerModule  # noqa: E402
 
 TINY = dict(depth=4, embed_dim=32, num_heads=4, img_size=56)
 SPEC = dict(name="dinov2_vits14", source="random", stride=7, **TINY)

@@ -78,7 +78,7 @@ def test_cli_needs_a_mask(shared_data, tmp_path):
     from omegaconf import OmegaConf
 
     from dinotracker import config_dir as conf_dir
-    from dinotracker.segtrack.__main__ import run
+    from dinotracker.jobs.segtrack import run
 
     cfg = OmegaConf.load(conf_dir() / "segtrack.yaml")
     cfg.video, cfg.out = str(judo / "frames"), str(tmp_path)
@@ -99,8 +99,8 @@ def test_run_features_through_the_cli(shared_data, tmp_path, monkeypatch):
     from dinotracker import config_dir as conf_dir
     from dinotracker.geometry import Resize
     from dinotracker.inference.api import InferenceVideo, Tracker
+    from dinotracker.jobs.segtrack import run
     from dinotracker.models.tracker import DinoTracker
-    from dinotracker.segtrack.__main__ import run
 
     judo = shared_data / "tapvid_davis_mini" / "judo"
     n = len(list_frames(judo / "frames"))

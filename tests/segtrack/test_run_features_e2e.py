@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_segtrack_on_refined_features_of_a_quick_fit(shared_data, tmp_path):
     src = shared_data / "tapvid_davis_mini" / "judo"
     (tmp_path / "frames").mkdir()

@@ -8,9 +8,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dinotracker.config import module_options
+from dinotracker.models.checkpoint import load_exported
 from dinotracker.training.callbacks import LossCurvePlot, TrackVisualization
 from dinotracker.training.datamodule import CorrespondenceDataModule, toy_preprocessed_video
-from dinotracker.training.module import DinoTrackerModule, load_exported
+from dinotracker.training.module import DinoTrackerModule
 from dinotracker.training.sampler import CorrespondenceSampler
 
 SMALL = dict(flow_pairs=48, bb_pairs=32, cycle_pairs=32, bb_frame_pairs=2, cycle_frame_pairs=2)

@@ -74,13 +74,16 @@ def test_entry_points_are_thin(path):
 
 
 def test_fit_reaches_lightning_in_three_hops():
-    """fit.py -> jobs/fit.py -> lightning (DESIGN.md): the fit job itself builds the Trainer and calls fit."""
+    """fit.py -> jobs/fit.py -> lightning (DESIGN.md): the fit job itself (``fit_video`` and the body it runs
+    under the run-folder lock, ``_fit_locked``, both in jobs/fit.py) builds the Trainer and calls fit."""
     import ast
 
     tree = ast.parse((REPO / "dinotracker" / "jobs" / "fit.py").read_text())
-    fit_video = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "fit_video")
-    imported = {a.name for n in ast.walk(fit_video) if isinstance(n, ast.Import) for a in n.names}
-    calls = {n.func.attr for n in ast.walk(fit_video) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    job = ast.Module([n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("fit_video", "_fit_locked")],
+                     [])
+    assert len(job.body) == 2
+    imported = {a.name for n in ast.walk(job) if isinstance(n, ast.Import) for a in n.names}
+    calls = {n.func.attr for n in ast.walk(job) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
     assert "lightning" in imported and "fit" in calls
     main = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "main")
     assert ast.unparse(main.value) == "hydra_entry(run, 'fit')"

@@ -72,7 +72,7 @@ def _job(out, name, video, seed=None, metrics=None, error=None):
 def test_failed_jobs_are_listed_and_only_unfinished_videos_run_again(tmp_path):
     from omegaconf import OmegaConf
 
-    from dinotracker.benchmark import collect, job_status, pending_videos, summarise
+    from dinotracker.jobs.benchmark import collect, job_status, pending_videos, summarise
 
     out = tmp_path / "bench"
     _job(out, "blackswan", "davis_blackswan", metrics=0.6)

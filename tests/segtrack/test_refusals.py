@@ -50,7 +50,7 @@ def _segtrack(*args) -> subprocess.CompletedProcess:
 
 
 def test_backbone_none_is_refused_before_any_work(tmp_path):
-    from dinotracker.segtrack.__main__ import run
+    from dinotracker.jobs.segtrack import run
     from dinotracker.segtrack.features import features_from_backbone
 
     out = tmp_path / "out"
@@ -103,7 +103,7 @@ def test_wrong_size_mask_fails_with_the_cause_last_and_no_output(tmp_path):
 
 def test_failure_during_segmentation_keeps_the_cause_and_no_empty_folders(tmp_path, monkeypatch):
     import dinotracker.segtrack.propagation as propagation
-    from dinotracker.segtrack.__main__ import run
+    from dinotracker.jobs.segtrack import run
 
     frames, mask = _clip(tmp_path)
 

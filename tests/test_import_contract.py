@@ -79,8 +79,8 @@ def test_fit_reaches_lightning_in_three_hops():
     import ast
 
     tree = ast.parse((REPO / "dinotracker" / "jobs" / "fit.py").read_text())
-    job = ast.Module([n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("fit_video", "_fit_locked")],
-                     [])
+    names = ("fit_video", "_fit_locked")
+    job = ast.Module([n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names], [])
     assert len(job.body) == 2
     imported = {a.name for n in ast.walk(job) if isinstance(n, ast.Import) for a in n.names}
     calls = {n.func.attr for n in ast.walk(job) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dinotracker.inference.tracker import FeatureBank, head, sample_track_features, unit
+from dinotracker.inference.tracker import FeatureBank, HeadPlan, head, sample_track_features, unit
 from dinotracker.models.tracker import DinoTracker
 
 COS_TEMPERATURE = 0.05
@@ -143,6 +143,7 @@ def _occlusion_block(model, bank: FeatureBank, tq, tracks, anchor_cos, visible_c
     anchors = c >= anchor_cos
     uf = unit(feats)
     dist = torch.zeros(n, t, t, device=tracks.device)  # [query, anchor frame a, source frame t]
+    plan = HeadPlan()
     for a in range(t):
         sel = anchors[:, a].nonzero(as_tuple=True)[0]
         if len(sel) == 0:
@@ -152,7 +153,7 @@ def _occlusion_block(model, bank: FeatureBank, tq, tracks, anchor_cos, visible_c
         back = torch.empty(rows.shape[0], 2, device=rows.device)
         for r0 in range(0, rows.shape[0], chunk):
             cost = bank.cost(rows[r0 : r0 + chunk], flat, inv)[0]  # [rows, h, w]
-            back[r0 : r0 + chunk] = head(model, cost)
+            back[r0 : r0 + chunk] = head(model, cost, plan=plan)
         dist[sel, a] = (back.reshape(len(sel), t, 2) - tracks[sel, a][:, None]).norm(dim=-1)
     m = lower_median(dist, anchors)
     th = torch.where(anchors, m, torch.full_like(m, -float("inf"))).amax(1)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from dinotracker.inference.occlusion import cosine_confidence, predict_occlusion
 from dinotracker.inference.queries import as_queries, grid_queries, queries_to_model
 from dinotracker.inference.tracker import FeatureBank, default_storage_dtype, refined_maps, track_queries
 from dinotracker.models.tracker import DinoTracker
+from dinotracker.utils.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +183,21 @@ class Tracker:
         q = as_queries(queries, self.num_frames, self.input_hw)
         chunk = int(chunk or self.chunk)
         qm = queries_to_model(q, self.resize).to(self.device)
+        t0 = time.perf_counter()
         bank = self.bank
-        tracks = track_queries(self.model, bank, qm, chunk=chunk, force_query=force_query)
+        t1 = time.perf_counter()
+        n, t = len(q), self.num_frames
+        prog = Progress(f"tracking {n} points", n * t, unit="heatmap", logger=log)
+        tracks = track_queries(self.model, bank, qm, chunk=chunk, force_query=force_query, progress=prog)
+        prog.finish()
+        t2 = time.perf_counter()
         tq = qm[:, 0].round().long()
         if occlusion and len(q):
+            prog = Progress(f"occlusion of {n} points", n * t, unit="anchor", logger=log)
             occ = predict_occlusion(
-                self.model, bank, qm, tracks, self.anchor_cos, self.visible_cos, chunk=chunk
+                self.model, bank, qm, tracks, self.anchor_cos, self.visible_cos, chunk=chunk, progress=prog
             )
+            prog.finish()
             visible, confidence = ~occ.occluded, occ.confidence
         else:
             visible = torch.ones(tracks.shape[:2], dtype=torch.bool, device=tracks.device)
@@ -196,6 +206,10 @@ class Tracker:
                 if len(q)
                 else torch.ones(tracks.shape[:2], device=tracks.device)
             )
+        log.info(
+            "tracked %d points x %d frames in %.1f s (features %.1f s, positions %.1f s, occlusion %.1f s)",
+            n, t, time.perf_counter() - t0, t1 - t0, t2 - t1, time.perf_counter() - t2,
+        )
         out_tracks = self.resize.to_input(tracks).float().cpu()
         if force_query and len(q):  # exact in input px too (no model-px round trip)
             out_tracks[torch.arange(len(q)), q[:, 0].long()] = q[:, 1:]

@@ -105,12 +105,14 @@ def predict_occlusion(
     visible_cos: float = 0.6,
     chunk: int = 512,
     query_block: int | None = None,
+    progress=None,
 ) -> Occlusion:
     """Occlusion of tracks [N, T, 2] (model px) of queries [N, 3] (t, x, y) -> :class:`Occlusion`.
 
     ``chunk`` bounds the heatmaps evaluated at once; queries are processed in blocks of
     ``query_block`` (default: as many as keep the [block, T, C] features and [block, T, T]
-    distances under ~32 M floats).
+    distances under ~32 M floats). ``progress``: a :class:`dinotracker.utils.progress.Progress`
+    counting (query, anchor frame) pairs (N * T in all).
     """
     bank = maps if isinstance(maps, FeatureBank) else FeatureBank(maps)
     fmaps = bank.maps
@@ -131,12 +133,12 @@ def predict_occlusion(
     anchors = torch.zeros(n, t, dtype=torch.bool, device=dev)
     for q0 in range(0, n, query_block):
         qs = slice(q0, min(n, q0 + query_block))
-        r = _occlusion_block(model, bank, tq[qs], tracks[qs], anchor_cos, visible_cos, max(1, int(chunk)))
+        r = _occlusion_block(model, bank, tq[qs], tracks[qs], anchor_cos, visible_cos, max(1, int(chunk)), progress)
         occ[qs], conf[qs], cos[qs], med[qs], theta[qs], anchors[qs] = r
     return Occlusion(occ, conf, cos, med, theta, anchors)
 
 
-def _occlusion_block(model, bank: FeatureBank, tq, tracks, anchor_cos, visible_cos, chunk):
+def _occlusion_block(model, bank: FeatureBank, tq, tracks, anchor_cos, visible_cos, chunk, progress=None):
     n, t = tracks.shape[:2]
     feats = sample_track_features(model, bank.maps, tracks)  # [n, T, C] = F_t(p_t)
     c = track_cosines(model, bank.maps, tracks, tq, feats)
@@ -146,6 +148,8 @@ def _occlusion_block(model, bank: FeatureBank, tq, tracks, anchor_cos, visible_c
     plan = HeadPlan()
     for a in range(t):
         sel = anchors[:, a].nonzero(as_tuple=True)[0]
+        if progress is not None:
+            progress.update(n)
         if len(sel) == 0:
             continue
         rows = uf[sel].reshape(-1, uf.shape[-1])  # (query, source frame) rows, query-major

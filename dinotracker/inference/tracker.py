@@ -311,11 +311,12 @@ def sample_track_features(model: DinoTracker, maps: torch.Tensor, tracks: torch.
 
 @torch.no_grad()
 def track_features(
-    model: DinoTracker, bank: FeatureBank, query_features: torch.Tensor, chunk: int = 512
+    model: DinoTracker, bank: FeatureBank, query_features: torch.Tensor, chunk: int = 512, progress=None
 ) -> torch.Tensor:
     """Track feature vectors [N, C] into every frame -> [N, T, 2] model px.
 
     Processes blocks of ``qb`` queries x ``fb`` frames with ``qb * fb <= chunk`` heatmaps.
+    ``progress``: a :class:`dinotracker.utils.progress.Progress` counting heatmaps (N * T in all).
     """
     n, t = query_features.shape[0], bank.num_frames
     out = torch.empty(n, t, 2, device=bank.maps.device, dtype=torch.float32)
@@ -332,6 +333,8 @@ def track_features(
         for q0 in range(0, n, qb):
             cost = bank.cost(uq[q0 : q0 + qb], flat, inv)  # [f, q, h, w]
             out[q0 : q0 + qb, fs] = head(model, cost, plan=plan).transpose(0, 1)
+            if progress is not None:
+                progress.update(cost.shape[0] * cost.shape[1])
     return out
 
 
@@ -342,6 +345,7 @@ def track_queries(
     queries: torch.Tensor,
     chunk: int = 512,
     force_query: bool = True,
+    progress=None,
 ) -> torch.Tensor:
     """queries [N, 3] (t, x, y) model px -> tracks [N, T, 2] model px, forward and backward in time.
 
@@ -360,7 +364,7 @@ def track_queries(
         if len(queries)
         else xy.new_zeros(0, bank.maps.shape[1])
     )
-    out = track_features(model, bank, qf, chunk=chunk)
+    out = track_features(model, bank, qf, chunk=chunk, progress=progress)
     if force_query and len(queries):
         out[torch.arange(len(queries), device=dev), tq] = xy
     return out

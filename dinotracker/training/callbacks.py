@@ -19,17 +19,12 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def progress_bar():
-    """Rich progress bar when ``rich`` is installed, else the tqdm one."""
-    try:
-        import rich  # noqa: F401
-        from lightning.pytorch.callbacks import RichProgressBar
+def progress_bar(every_n_steps: int = 50, every_s: float = 30.0):
+    """On a terminal the Rich bar (tqdm without ``rich``) counting steps of the whole run; otherwise
+    log lines every ``every_n_steps`` steps or ``every_s`` seconds (:mod:`dinotracker.training.progress`)."""
+    from dinotracker.training.progress import progress_callback
 
-        return RichProgressBar()
-    except ImportError:
-        from lightning.pytorch.callbacks import TQDMProgressBar
-
-        return TQDMProgressBar()
+    return progress_callback(every_n_steps=every_n_steps, every_s=every_s)
 
 
 def _run_dir(trainer) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,9 @@ def fit_video(cfg: DictConfig) -> float | None:
     from hydra.utils import instantiate
 
     from dinotracker.cli import resolve_precision, video_help
+    from dinotracker.training.progress import dedupe_lightning_logging
+
+    dedupe_lightning_logging()
     from dinotracker.data.sources import video_from_config
     from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
 
@@ -154,6 +158,9 @@ def fit_video(cfg: DictConfig) -> float | None:
         return _optimised(json.loads((out / "metrics.json").read_text()), cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     video, gt = video_from_config(fitted_video_config(cfg))
+    from dinotracker.backbones.weights import resolve_backbone
+
+    resolve_backbone(cfg)  # weights found, replaced by backbone_fallback, or a one-line error: before any work
     log.info("video %s: %d frames %s from %s", video.name, video.num_frames, video.hw, video.source)
     log.info("backbone %s (%s), flow %s", cfg.backbone.name, cfg.backbone.get("source"), cfg.flow.method)
     pre = preprocess_video(video, cfg.backbone, cfg.flow, cfg.preprocess, cfg.paths.cache_dir)
@@ -227,9 +234,17 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     chunk = tcfg.get("chunk") or (4096 if _device_of(module).type == "cuda" else 512)  # small chunks starve a GPU
     tkw = dict(chunk=int(chunk), anchor_cos=float(tcfg.anchor_cos), visible_cos=float(tcfg.visible_cos))
     tracker = load(out, device=str(_device_of(module)), **tkw)
-    grid = tracker.track_grid(int(tcfg.grid_step), frame=int(tcfg.grid_frame), occlusion=bool(tcfg.occlusion))
+    from dinotracker.inference.queries import capped_grid_step
+
+    step = capped_grid_step(tracker.input_hw, float(tcfg.grid_step), tcfg.get("max_points"))
+    if step != float(tcfg.grid_step):
+        log.info("track.grid_step=%g would give more than track.max_points=%d points: using a %g px grid",
+                 float(tcfg.grid_step), int(tcfg.max_points), step)
+    t0 = time.perf_counter()
+    grid = tracker.track_grid(step, frame=int(tcfg.grid_frame), occlusion=bool(tcfg.occlusion))
     save_npz(out / "tracks.npz", grid["tracks"], grid["visible"], grid["confidence"], grid["queries"])
-    log.info("grid of %d queries tracked -> %s", grid["tracks"].shape[0], out / "tracks.npz")
+    log.info("grid of %d queries tracked in %.1f s -> %s", grid["tracks"].shape[0], time.perf_counter() - t0,
+             out / "tracks.npz")
     if "mp4" in (tcfg.get("export") or []):
         from dinotracker.viz.tracks import draw_tracks_video
 

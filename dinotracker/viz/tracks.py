@@ -81,7 +81,7 @@ def render_frames(
     visible = np.ones((n, t_len), bool) if visible is None else to_numpy(visible).astype(bool)
     if visible.shape != (n, t_len):
         raise ValueError(f"visible must be [N, T] = {(n, t_len)}, got {visible.shape}")
-    radius = radius or max(2, int(round(min(h, w) / 150)))
+    radius = radius or max(2, int(round(min(h, w) / 110)))  # ~6.5 px at 720p, 2 px at 240p
     if colors is None:
         colors = (
             track_colors(_query_positions(tracks, query_frames), (h, w)) if n else np.zeros((0, 3), np.uint8)

@@ -77,6 +77,7 @@ def run(cfg: DictConfig) -> dict:
         anchor_cos=float(cfg.anchor_cos),
         visible_cos=float(cfg.visible_cos),
         storage_dtype=storage,
+        max_anchors=cfg.get("max_anchors"),
     )
     if cfg.queries:
         queries = read_queries(cfg.queries)

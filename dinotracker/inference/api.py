@@ -86,6 +86,8 @@ class Tracker:
         anchor_cos, visible_cos: occlusion thresholds (spec §5.2: 0.7, 0.6).
         storage_dtype: feature bank dtype (default fp32; fp16 halves memory but may flip near-ties).
         feature_chunk: frames per Delta-DINO call when refining.
+        max_anchors: occlusion's median over at most this many anchor frames per query (None: all, the
+            spec; see :func:`~dinotracker.inference.occlusion.predict_occlusion`), a CPU speed option.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Tracker:
         visible_cos: float = 0.6,
         storage_dtype: torch.dtype | None = None,
         feature_chunk: int = 8,
+        max_anchors: int | None = None,
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -112,6 +115,7 @@ class Tracker:
         self.anchor_cos, self.visible_cos = float(anchor_cos), float(visible_cos)
         self.storage_dtype = storage_dtype or default_storage_dtype(self.device)
         self.feature_chunk = int(feature_chunk)
+        self.max_anchors = int(max_anchors) if max_anchors else None
         self._bank: FeatureBank | None = None
 
     # ------------------------------------------------------------------ properties
@@ -195,7 +199,8 @@ class Tracker:
         if occlusion and len(q):
             prog = Progress(f"occlusion of {n} points", n * t, unit="anchor", logger=log)
             occ = predict_occlusion(
-                self.model, bank, qm, tracks, self.anchor_cos, self.visible_cos, chunk=chunk, progress=prog
+                self.model, bank, qm, tracks, self.anchor_cos, self.visible_cos, chunk=chunk, progress=prog,
+                max_anchors=self.max_anchors,
             )
             prog.finish()
             visible, confidence = ~occ.occluded, occ.confidence

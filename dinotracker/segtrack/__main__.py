@@ -71,8 +71,8 @@ def run(cfg: DictConfig) -> dict:
     """Segment, write masks/overlay and (with ``gt_masks``) J&F; returns paths and the J&F summary."""
     from dinotracker.data.video import Mp4Writer, list_frames, read_mask, write_mask
     from dinotracker.evaluation.davis import SequenceEvaluator, format_table, summarize, write_csv
-    from dinotracker.segtrack.io import overlay
     from dinotracker.segtrack.propagation import iter_segmentation
+    from dinotracker.viz.overlays import contrast_colors, overlay_masks
 
     device = resolve_device(cfg.device)
     out = Path(str(cfg.out))
@@ -103,6 +103,7 @@ def run(cfg: DictConfig) -> dict:
     writer = Mp4Writer(video_path, fps=float(cfg.overlay.fps or fps)) if cfg.overlay.enabled else None
     frame_list = _LastFrame(frames)  # the overlay reuses the frame just segmented (no second read)
     start = time.perf_counter()
+    colors = None
     try:
         seq = iter_segmentation(
             source,
@@ -124,7 +125,8 @@ def run(cfg: DictConfig) -> dict:
             frame = frame_list.last
             write_mask(masks_dir / f"{src_idx[t]:05d}.png", labels)
             if writer is not None:
-                writer.write(overlay(frame, labels, alpha=float(cfg.overlay.alpha)))
+                colors = colors or contrast_colors(frame, labels)  # fixed from the first frame on
+                writer.write(overlay_masks(frame, labels, colors, alpha=float(cfg.overlay.alpha)))
             if evaluator is not None:
                 evaluator.add(read_mask(gt_files[src_idx[t]]), labels)
     finally:

@@ -83,3 +83,15 @@ def test_preprocess_accepts_experiment_files(tmp_path, exp):
     assert r.returncode == 0, r.stderr[-3000:]
     log = (tmp_path / "run" / "preprocess.log").read_text()
     assert "using backbone=none instead" in log and "cache ready" in log
+
+
+def test_backbone_name_error_lists_only_configured_names():
+    from dinotracker import config_dir
+    from dinotracker.backbones.build import parse_name
+
+    with pytest.raises(ValueError) as e:
+        parse_name("dinov9_vitx")
+    listed = str(e.value).split("choose one of: ", 1)[1].split(", ")
+    have = {p.stem for p in (config_dir() / "backbone").glob("*.yaml")}
+    assert listed and set(listed) <= have
+    assert "dinov3_vit7b16" not in listed and "dinov3_vitl16plus" not in listed

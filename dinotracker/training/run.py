@@ -182,6 +182,9 @@ def fit_video(cfg: DictConfig) -> float | None:
     module.export(out / "tracker.pt")
     log.info("wrote %s", out / "tracker.pt")
     results = track_and_evaluate(cfg, out, pre, video, gt, module)
+    from dinotracker.viz.report import write_report
+
+    log.info("report -> %s", write_report(out))
     return _optimised(results, cfg) if results else None
 
 
@@ -246,10 +249,12 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     log.info("grid of %d queries tracked in %.1f s -> %s", grid["tracks"].shape[0], time.perf_counter() - t0,
              out / "tracks.npz")
     if "mp4" in (tcfg.get("export") or []):
-        from dinotracker.viz.tracks import draw_tracks_video
+        from dinotracker.viz.tracks import draw_tracks_grid, draw_tracks_video
 
         draw_tracks_video(out / "tracks.mp4", video.frames, to_numpy(grid["tracks"]), to_numpy(grid["visible"]),
                           fps=video.fps, query_frames=to_numpy(grid["queries"])[:, 0].astype(int))
+        draw_tracks_grid(out / "tracks.png", video.frames, to_numpy(grid["tracks"]), to_numpy(grid["visible"]),
+                         query_frames=to_numpy(grid["queries"])[:, 0].astype(int))
         log.info("track video -> %s", out / "tracks.mp4")
     if gt is None or not cfg.evaluate.enabled:
         return {}

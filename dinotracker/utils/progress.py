@@ -92,3 +92,29 @@ class Progress:
                                     rate_done=self.done - self.start, **fields))
         self._last, self._last_n = now, self.done
         self.lines += 1
+
+
+def progress_iter(iterable, desc: str, total: int | None = None, disable: bool = False, leave: bool = False,
+                  every_s: float | None = None, every_n: int | None = None, logger: logging.Logger | None = None,
+                  **tqdm_kwargs):
+    """A drop-in for ``tqdm(iterable, desc=..., total=..., disable=..., leave=...)``: the tqdm bar on a
+    terminal, and :class:`Progress` log lines (``<desc> i/n (pct) s/it ETA``) when stderr is not one."""
+    if disable:
+        return iterable
+    if is_terminal():
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, leave=leave, **tqdm_kwargs)
+    if total is None:
+        try:
+            total = len(iterable)
+        except TypeError:
+            total = None
+    return _logged(iterable, Progress(desc, total, every_n=every_n, every_s=every_s, unit="it", logger=logger))
+
+
+def _logged(iterable, prog: Progress):
+    for x in iterable:
+        yield x
+        prog.update(1)
+    prog.finish()

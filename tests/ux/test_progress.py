@@ -66,3 +66,15 @@ def test_redirected_fit_logs_progress_once_per_line(tmp_path, tiny_fit_overrides
     assert t.returncode == 0, t.stderr[-3000:]
     assert re.search(r"tracking \d+ points \d+/\d+ \(100%\)", t.stdout + t.stderr), t.stdout[-2000:]
     assert re.search(r"occlusion of \d+ points \d+/\d+ \(100%\)", t.stdout + t.stderr)
+
+
+def test_progress_iter_logs_lines_when_not_a_terminal(caplog, monkeypatch):
+    from dinotracker.utils import progress as P
+
+    monkeypatch.setattr(P, "is_terminal", lambda stream=None: False)
+    with caplog.at_level(logging.INFO, logger="t2"):
+        out = list(P.progress_iter(range(5), desc="flow", every_s=0, every_n=1, logger=logging.getLogger("t2")))
+    assert out == list(range(5))
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs[0].startswith("flow 1/5 (20%)") and msgs[-1].startswith("flow 5/5 (100%)") and len(msgs) == 5
+    assert list(P.progress_iter(range(3), desc="x", disable=True)) == [0, 1, 2]

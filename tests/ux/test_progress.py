@@ -35,7 +35,7 @@ def test_progress_after_resume_counts_the_whole_run(caplog):
 
 def _fit(tmp_path, tiny, *extra):
     run = tmp_path / "run"
-    args = [*tiny, f"paths.cache_dir={tmp_path / 'c'}", f"hydra.run.dir={run}", *extra]
+    args = ["+video=synthetic", *tiny, f"paths.cache_dir={tmp_path / 'c'}", f"hydra.run.dir={run}", *extra]
     r = subprocess.run([sys.executable, "-m", "dinotracker.fit", *args], cwd=REPO, capture_output=True,
                        text=True, timeout=600)  # stdout/stderr are pipes: not a terminal
     assert r.returncode == 0, r.stderr[-3000:]

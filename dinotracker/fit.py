@@ -12,7 +12,7 @@ import logging
 
 from omegaconf import DictConfig
 
-from dinotracker.cli import hydra_entry
+from dinotracker.jobs.cli import hydra_entry
 
 log = logging.getLogger("dinotracker.fit")
 
@@ -23,7 +23,7 @@ def run(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from dinotracker.training.run import fit_video
+    from dinotracker.jobs.fit import fit_video
 
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         return fit_video(cfg)

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dinotracker import config_dir
-from dinotracker.cli import _register_resolvers
+from dinotracker.jobs.cli import _register_resolvers
 
 ALL = sorted(str(p.relative_to(config_dir() / "experiment").with_suffix(""))
              for p in (config_dir() / "experiment").rglob("*.yaml"))
@@ -22,7 +22,7 @@ TINY = ["video.num_frames=6", "video.height=64", "video.width=96", "video.num_po
 
 
 def _run(experiment, tmp_path, extra=()):
-    from dinotracker.training.run import fit_video
+    from dinotracker.jobs.fit import fit_video
 
     return fit_video(_compose(experiment, tmp_path, extra))
 
@@ -69,7 +69,7 @@ def test_subsampled_fit_tracks_every_frame(tmp_path):
     from dinotracker.data.sources import video_from_config
     from dinotracker.inference.api import load
     from dinotracker.preprocessing.pipeline import preprocess_inference_inputs
-    from dinotracker.training.run import _full_video, fit_video, fitted_video_config
+    from dinotracker.jobs.fit import _full_video, fit_video, fitted_video_config
 
     cfg = _compose("subsample/every_2", tmp_path, ["backbone=random_vits14"])
     fit_video(cfg)

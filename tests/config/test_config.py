@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dinotracker import config_dir
-from dinotracker.cli import _register_resolvers, available
+from dinotracker.jobs.cli import _register_resolvers, available
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(str(p.relative_to(config_dir() / "experiment").with_suffix(""))

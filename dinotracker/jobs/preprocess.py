@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dinotracker.cli import hydra_entry
+from dinotracker.jobs.cli import hydra_entry
 
 log = logging.getLogger("dinotracker.preprocess")
 
@@ -25,7 +25,7 @@ def run(cfg: DictConfig) -> dict:
     from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
 
     if cfg.get("video") is None:
-        from dinotracker.cli import video_help
+        from dinotracker.jobs.cli import video_help
 
         raise SystemExit(f"error: no video given\n  {video_help()}")
     video, _ = video_from_config(cfg.video)

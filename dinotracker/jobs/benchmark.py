@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from dinotracker.cli import hydra_entry
+from dinotracker.jobs.cli import hydra_entry
 
 log = logging.getLogger("dinotracker.benchmark")
 METRICS = ("delta_avg", "occlusion_accuracy", "average_jaccard")

@@ -143,7 +143,7 @@ def fit_video(cfg: DictConfig) -> float | None:
     import lightning as L
     from hydra.utils import instantiate
 
-    from dinotracker.cli import resolve_precision, video_help
+    from dinotracker.jobs.cli import resolve_precision, video_help
     from dinotracker.training.progress import dedupe_lightning_logging
 
     dedupe_lightning_logging()

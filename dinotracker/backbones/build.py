@@ -65,7 +65,19 @@ def parse_name(name: str) -> tuple[str, str, bool]:
     m = re.fullmatch(r"dinov3_(vit\w+)", str(name))
     if m and _V3_ALIASES.get(m.group(1), m.group(1)) in dinov3.ARCHS:
         return "dinov3", _V3_ALIASES.get(m.group(1), m.group(1)), False
-    raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONE_NAMES)}")
+    raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(configured_names())}")
+
+
+def configured_names() -> list[str]:
+    """The backbone names a user can pick with ``backbone=<name>`` (those with a config file; e.g.
+    ``dinov3_vit7b16`` can be built from Python but has no config, so it is not offered)."""
+    try:
+        from dinotracker import config_dir
+
+        have = {p.stem for p in (config_dir() / "backbone").glob("*.yaml")}
+    except FileNotFoundError:
+        return list(BACKBONE_NAMES)
+    return [n for n in BACKBONE_NAMES if n in have] or list(BACKBONE_NAMES)
 
 
 def checkpoint_name(name: str) -> str:

@@ -298,7 +298,8 @@ class Mp4Writer:
         self.container = av.open(str(self.tmp), mode="w", format="mp4")
         try:
             self.stream = self.container.add_stream("libx264", rate=self.rate)
-            self.stream.options = {"qp": "0"} if self.lossless else {"crf": str(self.crf)}
+            # veryfast: ~3x faster than the default preset at the same crf (a slightly larger file)
+            self.stream.options = {"qp": "0"} if self.lossless else {"crf": str(self.crf), "preset": "veryfast"}
             self.stream.pix_fmt = "yuv444p" if self.lossless else "yuv420p"
             self.codec = "libx264"
         except (av.error.FFmpegError, ValueError):  # no libx264 here (UnknownCodecError is a ValueError)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from dinotracker.inference.queries import as_queries, grid_queries, queries_to_m
 from dinotracker.inference.tracker import FeatureBank, default_storage_dtype, refined_maps, track_queries
 from dinotracker.models.checkpoint import find_reference_checkpoints, tracker_from_export, tracker_from_reference
 from dinotracker.models.tracker import DinoTracker
+from dinotracker.utils.progress import Progress
 from dinotracker.utils.resume import latest_checkpoint, unfinished_run_message
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,8 @@ class Tracker:
         anchor_cos, visible_cos: occlusion thresholds (spec §5.2: 0.7, 0.6).
         storage_dtype: feature bank dtype (default fp32; fp16 halves memory but may flip near-ties).
         feature_chunk: frames per Delta-DINO call when refining.
+        max_anchors: occlusion's median over at most this many anchor frames per query (None: all, the
+            spec; see :func:`~dinotracker.inference.occlusion.predict_occlusion`), a CPU speed option.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class Tracker:
         visible_cos: float = 0.6,
         storage_dtype: torch.dtype | None = None,
         feature_chunk: int = 8,
+        max_anchors: int | None = None,
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -101,6 +106,7 @@ class Tracker:
         self.anchor_cos, self.visible_cos = float(anchor_cos), float(visible_cos)
         self.storage_dtype = storage_dtype or default_storage_dtype(self.device)
         self.feature_chunk = int(feature_chunk)
+        self.max_anchors = int(max_anchors) if max_anchors else None
         self._bank: FeatureBank | None = None
 
     # ------------------------------------------------------------------ properties
@@ -172,13 +178,22 @@ class Tracker:
         q = as_queries(queries, self.num_frames, self.input_hw)
         chunk = int(chunk or self.chunk)
         qm = queries_to_model(q, self.resize).to(self.device)
+        t0 = time.perf_counter()
         bank = self.bank
-        tracks = track_queries(self.model, bank, qm, chunk=chunk, force_query=force_query)
+        t1 = time.perf_counter()
+        n, t = len(q), self.num_frames
+        prog = Progress(f"tracking {n} points", n * t, unit="heatmap", logger=log)
+        tracks = track_queries(self.model, bank, qm, chunk=chunk, force_query=force_query, progress=prog)
+        prog.finish()
+        t2 = time.perf_counter()
         tq = qm[:, 0].round().long()
         if occlusion and len(q):
+            prog = Progress(f"occlusion of {n} points", n * t, unit="anchor", logger=log)
             occ = predict_occlusion(
-                self.model, bank, qm, tracks, self.anchor_cos, self.visible_cos, chunk=chunk
+                self.model, bank, qm, tracks, self.anchor_cos, self.visible_cos, chunk=chunk, progress=prog,
+                max_anchors=self.max_anchors,
             )
+            prog.finish()
             visible, confidence = ~occ.occluded, occ.confidence
         else:
             visible = torch.ones(tracks.shape[:2], dtype=torch.bool, device=tracks.device)
@@ -187,6 +202,10 @@ class Tracker:
                 if len(q)
                 else torch.ones(tracks.shape[:2], device=tracks.device)
             )
+        log.info(
+            "tracked %d points x %d frames in %.1f s (features %.1f s, positions %.1f s, occlusion %.1f s)",
+            n, t, time.perf_counter() - t0, t1 - t0, t2 - t1, time.perf_counter() - t2,
+        )
         out_tracks = self.resize.to_input(tracks).float().cpu()
         if force_query and len(q):  # exact in input px too (no model-px round trip)
             out_tracks[torch.arange(len(q)), q[:, 0].long()] = q[:, 1:]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dinotracker.inference.tracker import FeatureBank, head, sample_track_features, unit
+from dinotracker.inference.tracker import FeatureBank, HeadPlan, head, sample_track_features, unit
 from dinotracker.models.tracker import DinoTracker
 
 COS_TEMPERATURE = 0.05
@@ -105,12 +105,20 @@ def predict_occlusion(
     visible_cos: float = 0.6,
     chunk: int = 512,
     query_block: int | None = None,
+    progress=None,
+    max_anchors: int | None = None,
 ) -> Occlusion:
     """Occlusion of tracks [N, T, 2] (model px) of queries [N, 3] (t, x, y) -> :class:`Occlusion`.
 
     ``chunk`` bounds the heatmaps evaluated at once; queries are processed in blocks of
     ``query_block`` (default: as many as keep the [block, T, C] features and [block, T, T]
-    distances under ~32 M floats).
+    distances under ~32 M floats). ``progress``: a :class:`dinotracker.utils.progress.Progress`
+    counting (query, anchor frame) pairs (N * T in all).
+
+    ``max_anchors`` (default None: every anchor, the spec's rule) takes the median m_t over at most that
+    many anchor frames per query, evenly spaced among its anchors (theta is still the max over all of
+    them). The cost is N x T x |anchors| heatmaps, so this bounds it by N x T x max_anchors: an
+    approximation for CPUs, off by default.
     """
     bank = maps if isinstance(maps, FeatureBank) else FeatureBank(maps)
     fmaps = bank.maps
@@ -131,20 +139,28 @@ def predict_occlusion(
     anchors = torch.zeros(n, t, dtype=torch.bool, device=dev)
     for q0 in range(0, n, query_block):
         qs = slice(q0, min(n, q0 + query_block))
-        r = _occlusion_block(model, bank, tq[qs], tracks[qs], anchor_cos, visible_cos, max(1, int(chunk)))
+        r = _occlusion_block(
+            model, bank, tq[qs], tracks[qs], anchor_cos, visible_cos, max(1, int(chunk)), progress, max_anchors
+        )
         occ[qs], conf[qs], cos[qs], med[qs], theta[qs], anchors[qs] = r
     return Occlusion(occ, conf, cos, med, theta, anchors)
 
 
-def _occlusion_block(model, bank: FeatureBank, tq, tracks, anchor_cos, visible_cos, chunk):
+def _occlusion_block(
+    model, bank: FeatureBank, tq, tracks, anchor_cos, visible_cos, chunk, progress=None, max_anchors=None
+):
     n, t = tracks.shape[:2]
     feats = sample_track_features(model, bank.maps, tracks)  # [n, T, C] = F_t(p_t)
     c = track_cosines(model, bank.maps, tracks, tq, feats)
     anchors = c >= anchor_cos
+    used = thin_anchors(anchors, max_anchors)
     uf = unit(feats)
     dist = torch.zeros(n, t, t, device=tracks.device)  # [query, anchor frame a, source frame t]
+    plan = HeadPlan()
     for a in range(t):
-        sel = anchors[:, a].nonzero(as_tuple=True)[0]
+        sel = used[:, a].nonzero(as_tuple=True)[0]
+        if progress is not None:
+            progress.update(n)
         if len(sel) == 0:
             continue
         rows = uf[sel].reshape(-1, uf.shape[-1])  # (query, source frame) rows, query-major
@@ -152,10 +168,21 @@ def _occlusion_block(model, bank: FeatureBank, tq, tracks, anchor_cos, visible_c
         back = torch.empty(rows.shape[0], 2, device=rows.device)
         for r0 in range(0, rows.shape[0], chunk):
             cost = bank.cost(rows[r0 : r0 + chunk], flat, inv)[0]  # [rows, h, w]
-            back[r0 : r0 + chunk] = head(model, cost)
+            back[r0 : r0 + chunk] = head(model, cost, plan=plan)
         dist[sel, a] = (back.reshape(len(sel), t, 2) - tracks[sel, a][:, None]).norm(dim=-1)
-    m = lower_median(dist, anchors)
+    m = lower_median(dist, used)
     th = torch.where(anchors, m, torch.full_like(m, -float("inf"))).amax(1)
     th = torch.where(anchors.any(1), th, torch.zeros_like(th))
     occluded = (m > th[:, None]) | (c < visible_cos)
     return occluded, confidence_from(c, m, th, visible_cos), c, m, th, anchors
+
+
+def thin_anchors(anchors: torch.Tensor, max_anchors: int | None) -> torch.Tensor:
+    """At most ``max_anchors`` of each row's anchors [N, T] (every k-th in frame order, k = ceil(|A| / max));
+    all of them when ``max_anchors`` is None or not smaller than the count."""
+    if not max_anchors:
+        return anchors
+    count = anchors.sum(1, keepdim=True)
+    step = torch.clamp((count + int(max_anchors) - 1) // int(max_anchors), min=1)
+    rank = anchors.long().cumsum(1) - 1
+    return anchors & (rank % step == 0)

@@ -7,6 +7,8 @@ pickles use (t, y, x) and the reference DINO-Tracker (x, y, t).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -142,3 +144,24 @@ def _is_number(s: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def capped_grid_step(hw: tuple[int, int], step: float, max_points: int | None) -> float:
+    """The smallest grid step >= ``step`` whose :func:`grid_queries` grid on an ``hw`` image has at most
+    ``max_points`` points (``None``/0: no cap). Sizes the post-fit grid to the video."""
+    step = float(step)
+    if step <= 0:
+        raise ValueError(f"grid step must be > 0 px, got {step}")
+    if not max_points:
+        return step
+    h, w = hw
+
+    def count(s: float) -> int:
+        return len(np.arange(s / 2, w, s)) * len(np.arange(s / 2, h, s))
+
+    if count(step) <= max_points:
+        return step
+    s = max(step, math.sqrt(h * w / float(max_points)))
+    while count(s) > max_points:
+        s *= 1.02
+    return float(math.ceil(s))

@@ -135,12 +135,66 @@ def refine_logits(model: DinoTracker, cost: torch.Tensor) -> torch.Tensor:
 
 
 def fast_full_head(model: DinoTracker, cost: torch.Tensor) -> torch.Tensor:
-    """:func:`full_head` with the GEMM refiner (:func:`refine_logits`); cost [n, h, w] -> [n, 2]."""
+    """:func:`full_head` with the GEMM refiner (:func:`refine_logits`); cost [n, h, w] -> [n, 2].
+
+    The softmax is never materialised: the in-disc weights are ``exp(logit - logsumexp)`` gathered
+    from the logits (same maths as ``model.heatmap`` + ``model.soft_argmax``, one pass fewer over
+    the map; the uniform fallback at in-disc mass < 1e-8 included).
+    """
     h, w = cost.shape[-2:]
     with no_autocast(cost.device):
         cost = cost.float()
-        probs = torch.softmax(refine_logits(model, cost).reshape(cost.shape[0], -1), dim=-1).reshape(-1, h, w)
-        return model.soft_argmax(probs, cost)
+        n = cost.shape[0]
+        logits = refine_logits(model, cost).reshape(n, h * w)
+        if model.coarse_from != "raw":
+            probs = torch.softmax(logits, dim=-1).reshape(-1, h, w)
+            return model.soft_argmax(probs, cost)
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        idx = cost.reshape(n, h * w).argmax(dim=-1)
+        r0, c0 = idx // w, idx % w
+        dr, dc = _disc_offsets(model, cost.device)
+        rows, cols = r0[:, None] + dr[None], c0[:, None] + dc[None]  # [n, K']
+        inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        flat = rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)
+        wts = torch.exp(logits.gather(1, flat) - lse) * inside
+        mass = wts.sum(dim=-1, keepdim=True)
+        wts = torch.where(mass < 1e-8, inside.float(), wts)
+        cx = cols.float() * model.stride + model.patch / 2.0
+        cy = rows.float() * model.stride + model.patch / 2.0
+        den = wts.sum(dim=-1)
+        return torch.stack([(wts * cx).sum(-1) / den, (wts * cy).sum(-1) / den], dim=-1)
+
+
+def _disc_offsets(model: DinoTracker, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dr, dc) cell offsets within the soft-argmax radius (``model.soft_argmax``'s disc)."""
+    k = int(model.radius // model.stride)
+    off = torch.arange(-k, k + 1, device=device)
+    dr, dc = torch.meshgrid(off, off, indexing="ij")
+    disc = ((dr * dr + dc * dc) * model.stride**2 <= model.radius**2).reshape(-1)
+    return dr.reshape(-1)[disc], dc.reshape(-1)[disc]
+
+
+class HeadPlan:
+    """Remembers, across the chunks of one tracking call, whether :func:`head`'s windowed path pays.
+
+    The window is only exact for rows that pass its bound test; the others are recomputed on the
+    whole map. With flat cost maps (few training steps, ``backbone=none``) nearly every row fails
+    the test, and trying the window first doubles the work. After ``probe_rows`` rows, if fewer
+    than half passed, the rest of the call goes straight to the whole-map head (same result).
+    """
+
+    def __init__(self, probe_rows: int = 256):
+        self.probe_rows = int(probe_rows)
+        self.tried = 0
+        self.safe = 0
+
+    @property
+    def use_window(self) -> bool:
+        return self.tried < self.probe_rows or 2 * self.safe >= self.tried
+
+    def record(self, tried: int, safe: int) -> None:
+        self.tried += int(tried)
+        self.safe += int(safe)
 
 
 def _pad(conv) -> int:
@@ -169,7 +223,9 @@ def logit_upper_bound(model: DinoTracker) -> float:
     return b2 + float((w2[0].clamp_min(0).sum(dim=(1, 2)) * ymax).sum())
 
 
-def head(model: DinoTracker, cost: torch.Tensor, bound: float | None = None) -> torch.Tensor:
+def head(
+    model: DinoTracker, cost: torch.Tensor, bound: float | None = None, plan: HeadPlan | None = None
+) -> torch.Tensor:
     """The model's head (same result as :func:`full_head`, up to float rounding), evaluated on a window.
 
     With ``coarse_from="raw"`` the prediction only depends on the refined logits inside the disc
@@ -182,7 +238,8 @@ def head(model: DinoTracker, cost: torch.Tensor, bound: float | None = None) -> 
     guarantees mass >= 1e-7 > 1e-8 (with un-normalised or well-conditioned kernels this holds for
     nearly every row; NormalizedConv2d kernels whose sums are near zero make B loose, and then most
     rows take the whole-map path). ``coarse_from="refined"`` needs the whole map: whole-map head.
-    cost [R, h, w] (or [..., h, w]) -> xy [..., 2].
+    ``plan`` (:class:`HeadPlan`, shared by the chunks of one call) skips the window once it is seen
+    not to pay. cost [R, h, w] (or [..., h, w]) -> xy [..., 2].
     """
     h, w = cost.shape[-2:]
     lead = cost.shape[:-2]
@@ -191,7 +248,12 @@ def head(model: DinoTracker, cost: torch.Tensor, bound: float | None = None) -> 
     k = int(model.radius // model.stride)
     margin = 0 if refiner is None else sum(_pad(m) for m in (refiner.net[0], refiner.net[-1]))
     win = 2 * (k + margin) + 1
-    if model.coarse_from != "raw" or win * win * 2 >= h * w or cost.shape[0] == 0:
+    if (
+        model.coarse_from != "raw"
+        or win * win * 2 >= h * w
+        or cost.shape[0] == 0
+        or (plan is not None and not plan.use_window)
+    ):
         return fast_full_head(model, cost).reshape(*lead, 2)
     bound = logit_upper_bound(model) if bound is None else bound
     with no_autocast(cost.device):
@@ -230,6 +292,8 @@ def head(model: DinoTracker, cost: torch.Tensor, bound: float | None = None) -> 
         cy = rr.float() * model.stride + model.patch / 2.0
         den = wts.sum(dim=(1, 2))
         xy = torch.stack([(wts * cx).sum(dim=(1, 2)) / den, (wts * cy).sum(dim=(1, 2)) / den], dim=-1)
+        if plan is not None:
+            plan.record(n, int(safe.sum()))
         if not bool(safe.all()):
             bad = (~safe).nonzero(as_tuple=True)[0]
             xy[bad] = fast_full_head(model, cost[bad])
@@ -247,11 +311,12 @@ def sample_track_features(model: DinoTracker, maps: torch.Tensor, tracks: torch.
 
 @torch.no_grad()
 def track_features(
-    model: DinoTracker, bank: FeatureBank, query_features: torch.Tensor, chunk: int = 512
+    model: DinoTracker, bank: FeatureBank, query_features: torch.Tensor, chunk: int = 512, progress=None
 ) -> torch.Tensor:
     """Track feature vectors [N, C] into every frame -> [N, T, 2] model px.
 
     Processes blocks of ``qb`` queries x ``fb`` frames with ``qb * fb <= chunk`` heatmaps.
+    ``progress``: a :class:`dinotracker.utils.progress.Progress` counting heatmaps (N * T in all).
     """
     n, t = query_features.shape[0], bank.num_frames
     out = torch.empty(n, t, 2, device=bank.maps.device, dtype=torch.float32)
@@ -261,12 +326,15 @@ def track_features(
     qb = min(n, chunk)
     fb = max(1, min(t, chunk // qb))
     uq = unit(query_features)
+    plan = HeadPlan()
     for f0 in range(0, t, fb):
         fs = slice(f0, min(t, f0 + fb))
         flat, inv = bank.frames_flat(fs), bank.inv_norm[fs]
         for q0 in range(0, n, qb):
             cost = bank.cost(uq[q0 : q0 + qb], flat, inv)  # [f, q, h, w]
-            out[q0 : q0 + qb, fs] = head(model, cost).transpose(0, 1)
+            out[q0 : q0 + qb, fs] = head(model, cost, plan=plan).transpose(0, 1)
+            if progress is not None:
+                progress.update(cost.shape[0] * cost.shape[1])
     return out
 
 
@@ -277,6 +345,7 @@ def track_queries(
     queries: torch.Tensor,
     chunk: int = 512,
     force_query: bool = True,
+    progress=None,
 ) -> torch.Tensor:
     """queries [N, 3] (t, x, y) model px -> tracks [N, T, 2] model px, forward and backward in time.
 
@@ -295,7 +364,7 @@ def track_queries(
         if len(queries)
         else xy.new_zeros(0, bank.maps.shape[1])
     )
-    out = track_features(model, bank, qf, chunk=chunk)
+    out = track_features(model, bank, qf, chunk=chunk, progress=progress)
     if force_query and len(queries):
         out[torch.arange(len(queries), device=dev), tq] = xy
     return out

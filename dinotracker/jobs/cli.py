@@ -126,14 +126,17 @@ def hydra_entry(task: Callable, config_name: str, needs_video: bool = True) -> C
     """Wrap ``task(cfg)`` as a console entry point with the package's config folder."""
     import hydra
 
+    from dinotracker.utils.errors import one_line_errors, precheck_argv
+
     def main() -> None:
         register_resolvers()
         if needs_video:
             require_video(sys.argv[1:])
-        precheck(config_name, sys.argv[1:])
+        precheck_argv(sys.argv[1:])  # a missing input file in a second, before torch/Lightning load
+        precheck(config_name, sys.argv[1:])  # a mistyped option or bad value: one line, before any work
         os.environ.setdefault("HYDRA_FULL_ERROR", "0")
         hydra.main(config_path=str(config_dir()), config_name=config_name,
-                   version_base="1.3")(_checked(task, config_name))()
+                   version_base="1.3")(one_line_errors(_checked(task, config_name)))()
 
     return main
 

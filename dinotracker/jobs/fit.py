@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -173,6 +174,10 @@ def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
     import lightning as L
     from hydra.utils import instantiate
 
+    from dinotracker.training.progress import dedupe_lightning_logging
+
+    dedupe_lightning_logging()
+
     from dinotracker.data.sources import video_from_config
     from dinotracker.jobs.cli import resolve_precision
     from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
@@ -181,6 +186,9 @@ def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
 
     L.seed_everything(int(cfg.seed), workers=True)
     video, gt = video_from_config(fitted_video_config(cfg))
+    from dinotracker.backbones.weights import resolve_backbone
+
+    resolve_backbone(cfg)  # weights found, replaced by backbone_fallback, or a one-line error: before any work
     log.info("video %s: %d frames %s from %s", video.name, video.num_frames, video.hw, video.source)
     log.info("backbone %s (%s), flow %s", cfg.backbone.name, cfg.backbone.get("source"), cfg.flow.method)
     pre = preprocess_video(video, cfg.backbone, cfg.flow, cfg.preprocess, cfg.paths.cache_dir)
@@ -206,6 +214,9 @@ def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
     module.export(out / "tracker.pt")
     log.info("wrote %s", out / "tracker.pt")
     results = track_and_evaluate(cfg, out, pre, video, gt, module)
+    from dinotracker.viz.report import write_report
+
+    log.info("report -> %s", write_report(out))
     return _optimised(results, cfg) if results else None
 
 
@@ -250,15 +261,25 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     chunk = tcfg.get("chunk") or (4096 if _device_of(module).type == "cuda" else 512)  # small chunks starve a GPU
     tkw = dict(chunk=int(chunk), anchor_cos=float(tcfg.anchor_cos), visible_cos=float(tcfg.visible_cos))
     tracker = load(out, device=str(_device_of(module)), **tkw)
-    grid = tracker.track_grid(int(tcfg.grid_step), frame=int(tcfg.grid_frame), occlusion=bool(tcfg.occlusion))
+    from dinotracker.inference.queries import capped_grid_step
+
+    step = capped_grid_step(tracker.input_hw, float(tcfg.grid_step), tcfg.get("max_points"))
+    if step != float(tcfg.grid_step):
+        log.info("track.grid_step=%g would give more than track.max_points=%d points: using a %g px grid",
+                 float(tcfg.grid_step), int(tcfg.max_points), step)
+    t0 = time.perf_counter()
+    grid = tracker.track_grid(step, frame=int(tcfg.grid_frame), occlusion=bool(tcfg.occlusion))
     write_tracks(out / "tracks.npz", grid["tracks"], grid["visible"], grid["confidence"], grid["queries"],
                  input_hw=video.hw, fps=video.fps, video=video.name)
-    log.info("grid of %d queries tracked -> %s", grid["tracks"].shape[0], out / "tracks.npz")
+    log.info("grid of %d queries tracked in %.1f s -> %s", grid["tracks"].shape[0], time.perf_counter() - t0,
+             out / "tracks.npz")
     if "mp4" in (tcfg.get("export") or []):
-        from dinotracker.viz.tracks import draw_tracks_video
+        from dinotracker.viz.tracks import draw_tracks_grid, draw_tracks_video
 
         draw_tracks_video(out / "tracks.mp4", video.frames, to_numpy(grid["tracks"]), to_numpy(grid["visible"]),
                           fps=video.fps, query_frames=to_numpy(grid["queries"])[:, 0].astype(int))
+        draw_tracks_grid(out / "tracks.png", video.frames, to_numpy(grid["tracks"]), to_numpy(grid["visible"]),
+                         query_frames=to_numpy(grid["queries"])[:, 0].astype(int))
         log.info("track video -> %s", out / "tracks.mp4")
     if gt is None or not cfg.evaluate.enabled:
         return {}

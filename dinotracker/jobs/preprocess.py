@@ -35,6 +35,9 @@ def run(cfg: DictConfig) -> dict:
         return check(cfg)
     require_video(cfg)
     video, _ = video_from_config(cfg.video)
+    from dinotracker.backbones.weights import resolve_backbone
+
+    resolve_backbone(cfg)
     stats: dict = {}
     pre = preprocess_video(video, cfg.backbone, cfg.flow, cfg.preprocess, cfg.paths.cache_dir, stats=stats)
     out = Path(HydraConfig.get().runtime.output_dir)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import dinotracker
 from dinotracker.data.video import load_video
 from dinotracker.utils.device import resolve_device
-from dinotracker.utils.errors import cli_errors
+from dinotracker.utils.errors import one_line_errors
 
 log = logging.getLogger("dinotracker.segtrack")
 BACKBONE_KEYS = ("name", "weights", "source", "layer", "final_norm", "amp")
@@ -73,8 +73,8 @@ def run(cfg: DictConfig) -> dict:
     from dinotracker.data.video import Mp4Writer, list_frames, read_mask, write_mask
     from dinotracker.evaluation.davis import SequenceEvaluator, format_table, summarize, write_csv
     from dinotracker.segtrack.features import check_backbone
-    from dinotracker.segtrack.io import overlay
     from dinotracker.segtrack.propagation import iter_segmentation
+    from dinotracker.viz.overlays import contrast_colors, overlay_masks
 
     if str(cfg.features) == "backbone":
         check_backbone(str(cfg.backbone.name))
@@ -114,6 +114,7 @@ def run(cfg: DictConfig) -> dict:
     frame_list = _LastFrame(frames)  # the overlay reuses the frame just segmented (no second read)
     start = time.perf_counter()
     written = 0
+    colors = None
     try:
         seq = iter_segmentation(
             source,
@@ -136,7 +137,8 @@ def run(cfg: DictConfig) -> dict:
             write_mask(masks_dir / f"{src_idx[t]:05d}.png", labels)
             written += 1
             if writer is not None:
-                writer.write(overlay(frame, labels, alpha=float(cfg.overlay.alpha)))
+                colors = colors or contrast_colors(frame, labels)  # fixed from the first frame on
+                writer.write(overlay_masks(frame, labels, colors, alpha=float(cfg.overlay.alpha)))
             if evaluator is not None:
                 evaluator.add(read_mask(gt_files[src_idx[t]]), labels)
     except BaseException:
@@ -221,7 +223,7 @@ def private_conf_dir() -> Path:
 def main() -> None:
     import hydra
 
-    hydra.main(config_path=str(private_conf_dir()), config_name="segtrack", version_base="1.3")(cli_errors(run))()
+    hydra.main(config_path=str(private_conf_dir()), config_name="segtrack", version_base="1.3")(one_line_errors(run))()
 
 
 if __name__ == "__main__":

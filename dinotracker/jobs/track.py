@@ -2,8 +2,8 @@
 
 Without ``queries`` a grid is tracked (``grid_step``, ``grid_frame``, ``grid_mask``). Writes the
 formats in ``export`` (npz, csv, pkl, mp4; see :mod:`dinotracker.inference.export`) next to ``out``.
-Config: ``conf/track.yaml`` (self-contained). The mp4/pkl frames are the cached model-resolution
-frames resized back to the input resolution.
+Config: ``conf/track.yaml`` (self-contained). The mp4/pkl frames are the original frames at input
+resolution (the cached model-resolution frames resized back when the source is gone).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 import dinotracker
 from dinotracker.utils.device import resolve_device
-from dinotracker.utils.errors import cli_errors
+from dinotracker.utils.errors import one_line_errors
 
 log = logging.getLogger("dinotracker.track")
 
@@ -40,10 +40,16 @@ def read_grid_mask(path, hw: tuple[int, int]) -> np.ndarray:
     return m > 0
 
 
-def input_frames(tracker) -> np.ndarray:
-    """uint8 [T, H, W, 3] RGB at the input resolution (cached model frames resized back)."""
+def input_frames(tracker, video_info: dict | None = None) -> np.ndarray:
+    """uint8 [T, H, W, 3] RGB at the input resolution: the original frames when the run's source is
+    readable (:func:`dinotracker.viz.frames.original_frames`), else the cached model frames resized back."""
     import cv2
 
+    from dinotracker.viz.frames import original_frames
+
+    orig = original_frames(video_info, tracker.input_hw, tracker.num_frames)
+    if orig is not None:
+        return orig
     frames = tracker.video.frames.permute(0, 2, 3, 1).cpu().numpy()
     h, w = tracker.input_hw
     if frames.shape[1:3] == (h, w):
@@ -75,6 +81,7 @@ def run(cfg: DictConfig) -> dict:
         anchor_cos=float(cfg.anchor_cos),
         visible_cos=float(cfg.visible_cos),
         storage_dtype=storage,
+        max_anchors=cfg.get("max_anchors"),
     )
     if cfg.queries:
         queries = read_queries(cfg.queries)
@@ -90,7 +97,7 @@ def run(cfg: DictConfig) -> dict:
     stem = Path(str(cfg.out)).with_suffix("") if cfg.out else folder / default_name
     info = _run_info(folder)
     fps = cfg.viz.fps or (info.get("video") or {}).get("fps") or 10.0
-    frames = input_frames(tracker) if ("pkl" in formats or "mp4" in formats) else None
+    frames = input_frames(tracker, info.get("video")) if ("pkl" in formats or "mp4" in formats) else None
     written = save_exports(
         stem,
         [f for f in formats if f != "mp4"],
@@ -149,9 +156,12 @@ def main() -> None:
     import hydra
 
     from dinotracker.jobs.cli import precheck
+    from dinotracker.utils.errors import precheck_argv
 
+    precheck_argv(sys.argv[1:])  # a missing input file: one line, before torch loads
     precheck("track", sys.argv[1:])  # a mistyped option: one line with the valid names, before any work
-    hydra.main(config_path=str(dinotracker.config_dir()), config_name="track", version_base="1.3")(cli_errors(run))()
+    hydra.main(config_path=str(dinotracker.config_dir()), config_name="track", version_base="1.3")(
+        one_line_errors(run))()
 
 
 if __name__ == "__main__":

@@ -87,11 +87,9 @@ def _canonical_pairs(pairs, T: int, device) -> torch.Tensor:
 def _progress(it, enabled: bool, desc: str, total: int | None = None):
     if not enabled:
         return it
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return it
-    return tqdm(it, desc=desc, total=total, leave=False)
+    from dinotracker.utils.progress import progress_iter  # a bar on a terminal, log lines otherwise
+
+    return progress_iter(it, desc=desc, total=total, leave=False)
 
 
 def _grid_info(features: torch.Tensor, patch: int, stride: int) -> torch.Tensor:

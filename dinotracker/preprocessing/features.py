@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+
+from dinotracker.utils.progress import progress_iter as tqdm  # a bar on a terminal, log lines otherwise
 
 
 @torch.no_grad()

@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from dinotracker.utils.progress import progress_iter as tqdm  # a bar on a terminal, log lines otherwise
 
 log = logging.getLogger(__name__)
 

@@ -40,9 +40,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from dinotracker.geometry import sample_at
+from dinotracker.utils.progress import progress_iter as tqdm  # a bar on a terminal, log lines otherwise
 
 DirectFlowFn = Callable[[int, list[int]], tuple[torch.Tensor, torch.Tensor]]
 """``fn(s, ts)`` -> (flows float [len(ts),2,H,W] s -> t, reliable bool [len(ts),H,W])."""

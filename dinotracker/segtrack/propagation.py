@@ -337,9 +337,9 @@ def iter_segmentation(
     total = len(frames) if hasattr(frames, "__len__") else None
     it = iter(frames)
     if progress:
-        from tqdm import tqdm
+        from dinotracker.utils.progress import progress_iter  # a bar on a terminal, log lines otherwise
 
-        it = tqdm(it, total=total, desc="segtrack", unit="frame")
+        it = progress_iter(it, total=total, desc="segtrack", unit="frame")
     input_hw = tuple(first_mask.shape)
     grid = up = ring = ring_p = neigh = None
     filled = 0

@@ -1,6 +1,6 @@
 """Training callbacks: periodic track visualisation, loss-curve plot, progress bar factory.
 
-Images are drawn with OpenCV (matplotlib is optional and not used), written as PNG under the
+Images are drawn with OpenCV (loss curves with matplotlib, :mod:`dinotracker.viz.plots`), written as PNG under the
 run folder (``trainer.default_root_dir``) and, when the logger can take images (TensorBoard's
 ``add_image``, W&B's ``log_image``), logged too.
 """
@@ -19,17 +19,12 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def progress_bar():
-    """Rich progress bar when ``rich`` is installed, else the tqdm one."""
-    try:
-        import rich  # noqa: F401
-        from lightning.pytorch.callbacks import RichProgressBar
+def progress_bar(every_n_steps: int = 50, every_s: float = 30.0):
+    """On a terminal the Rich bar (tqdm without ``rich``) counting steps of the whole run; otherwise
+    log lines every ``every_n_steps`` steps or ``every_s`` seconds (:mod:`dinotracker.training.progress`)."""
+    from dinotracker.training.progress import progress_callback
 
-        return RichProgressBar()
-    except ImportError:
-        from lightning.pytorch.callbacks import TQDMProgressBar
-
-        return TQDMProgressBar()
+    return progress_callback(every_n_steps=every_n_steps, every_s=every_s)
 
 
 def _run_dir(trainer) -> Path:
@@ -208,7 +203,12 @@ class LossCurvePlot(L.Callback):
         if not any(self.history.values()):
             log.info("LossCurvePlot: nothing recorded, no plot written")
             return
-        img = plot_curves(self.history)
+        try:
+            from dinotracker.viz.plots import loss_curves_image
+
+            img = loss_curves_image(self.history, smooth=10 if max(map(len, self.history.values())) >= 50 else 0)
+        except ImportError:  # matplotlib missing: the OpenCV drawing
+            img = plot_curves(self.history)
         self.path = _run_dir(trainer) / self.filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(self.path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))

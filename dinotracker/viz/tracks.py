@@ -4,7 +4,7 @@
   the image centre (hue = angle, saturation grows with the distance from the centre), so nearby
   points share colours and the colours stay fixed over time.
 * Trails: the last ``trail`` segments of each track, fading with age (drawn only between
-  visible points).
+  visible points, and not across jumps of more than a tenth of the frame diagonal).
 * Visible points are filled discs; occluded points hollow circles (co-tracker's convention).
 * Ground truth (optional): a white cross at each visible GT point and a red line from the
   prediction to it (the error).
@@ -80,7 +80,7 @@ def render_frames(
     visible = np.ones((n, t_len), bool) if visible is None else to_numpy(visible).astype(bool)
     if visible.shape != (n, t_len):
         raise ValueError(f"visible must be [N, T] = {(n, t_len)}, got {visible.shape}")
-    radius = radius or max(2, int(round(min(h, w) / 150)))
+    radius = radius or max(2, int(round(min(h, w) / 110)))  # ~6.5 px at 720p, 2 px at 240p
     if colors is None:
         colors = (
             track_colors(_query_positions(tracks, query_frames), (h, w)) if n else np.zeros((0, 3), np.uint8)
@@ -94,12 +94,16 @@ def render_frames(
         gt_vis &= np.isfinite(gt).all(-1)
         gt_fix = _fix(np.nan_to_num(gt))
     thick = max(1, radius // 2)
+    max_jump = 0.1 * math.hypot(h, w)
     for i in range(t_len):
         img = np.ascontiguousarray(frames[i]).copy()
         # trails: oldest first, each age blended with its own alpha (fading)
         for age in range(min(trail, i), 0, -1):
             j = i - age
             seg = visible[:, j] & visible[:, j + 1] & finite[:, j] & finite[:, j + 1]
+            # no trail across a jump of more than a tenth of the frame diagonal (a lost track would
+            # otherwise draw a line through the whole picture)
+            seg &= np.hypot(*(np.nan_to_num(tracks[:, j + 1] - tracks[:, j])).T) <= max_jump
             if not seg.any():
                 continue
             layer = img.copy()

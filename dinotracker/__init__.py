@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from dinotracker.utils.confdir import config_dir  # noqa: F401 - public: dinotracker.config_dir()
 
 __version__ = "0.1.0"
-
-
-def config_dir() -> Path:
-    """The Hydra config folder: shipped inside the wheel, or ``conf/`` of a source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "fit.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"dinotracker configs not found next to {here}; reinstall the package")
 
 
 def load(run_folder, device="cpu", **kwargs):

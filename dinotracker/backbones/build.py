@@ -72,7 +72,7 @@ def configured_names() -> list[str]:
     """The backbone names a user can pick with ``backbone=<name>`` (those with a config file; e.g.
     ``dinov3_vit7b16`` can be built from Python but has no config, so it is not offered)."""
     try:
-        from dinotracker import config_dir
+        from dinotracker.utils.confdir import config_dir
 
         have = {p.stem for p in (config_dir() / "backbone").glob("*.yaml")}
     except FileNotFoundError:

@@ -69,7 +69,7 @@ def resolve_backbone(cfg, fallback: str | None = None) -> bool:
                                 + missing_weights_message(str(bcfg.name)))
     fallback = fallback or cfg.get("backbone_fallback")
     if fallback:
-        from dinotracker import config_dir
+        from dinotracker.utils.confdir import config_dir
 
         new = OmegaConf.load(config_dir() / "backbone" / f"{fallback}.yaml")
         log.info("backbone %s: no weights on this machine, using backbone=%s instead (backbone_fallback=%s; "

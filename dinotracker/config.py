@@ -142,11 +142,15 @@ def unknown_key_message(cfg, dotted: str) -> str:
 # ------------------------------------------------------------------ keys
 def reference_overrides(config_name: str, choices: Mapping[str, str | None]) -> list[str]:
     """Overrides that recompose the same group choices without the modifier groups (:data:`MODIFIER_GROUPS`)."""
-    primary = OmegaConf.load(config_dir() / f"{config_name}.yaml").get("defaults") or []
-    in_primary = set()
-    for entry in primary:
-        key = next(iter(entry)) if isinstance(entry, Mapping) else str(entry)
-        in_primary.add(key.replace("optional ", "").replace("override ", "").split("@")[0].strip())
+    in_primary: set[str] = set()
+    pending = [config_name]
+    while pending:  # the primary config's defaults, and those of root configs it includes (preprocess: fit)
+        for entry in OmegaConf.load(config_dir() / f"{pending.pop()}.yaml").get("defaults") or []:
+            key = next(iter(entry)) if isinstance(entry, Mapping) else str(entry)
+            key = key.replace("optional ", "").replace("override ", "").split("@")[0].strip()
+            if not isinstance(entry, Mapping) and key != "_self_" and (config_dir() / f"{key}.yaml").is_file():
+                pending.append(key)
+            in_primary.add(key)
     out = []
     for group, choice in choices.items():
         if choice is None or group.startswith("hydra") or group in MODIFIER_GROUPS:

@@ -132,8 +132,8 @@ def hydra_entry(task: Callable, config_name: str, needs_video: bool = True) -> C
         register_resolvers()
         if needs_video:
             require_video(sys.argv[1:])
-        precheck_argv(sys.argv[1:])  # a missing input file in a second, before torch/Lightning load
         precheck(config_name, sys.argv[1:])  # a mistyped option or bad value: one line, before any work
+        precheck_argv(sys.argv[1:])  # a missing input file in a second, before torch/Lightning load
         os.environ.setdefault("HYDRA_FULL_ERROR", "0")
         hydra.main(config_path=str(config_dir()), config_name=config_name,
                    version_base="1.3")(one_line_errors(_checked(task, config_name)))()

@@ -158,8 +158,8 @@ def main() -> None:
     from dinotracker.jobs.cli import precheck
     from dinotracker.utils.errors import precheck_argv
 
-    precheck_argv(sys.argv[1:])  # a missing input file: one line, before torch loads
     precheck("track", sys.argv[1:])  # a mistyped option: one line with the valid names, before any work
+    precheck_argv(sys.argv[1:])  # a missing input file: one line, before torch loads
     hydra.main(config_path=str(dinotracker.config_dir()), config_name="track", version_base="1.3")(
         one_line_errors(run))()
 

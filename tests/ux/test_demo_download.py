@@ -32,7 +32,7 @@ def server(tmp_path):
 
 
 def test_fetch_weights_downloads_verifies_and_falls_back(server, tmp_path, monkeypatch, caplog):
-    from dinotracker import demo
+    from dinotracker.jobs import demo
     from dinotracker.backbones import build_backbone
     from dinotracker.backbones.download import fetch_weights
 
@@ -63,7 +63,7 @@ def test_fetch_weights_downloads_verifies_and_falls_back(server, tmp_path, monke
 
 
 def test_demo_offline_fallback_explains_why(tmp_path, monkeypatch):
-    from dinotracker import demo
+    from dinotracker.jobs import demo
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     monkeypatch.setenv("DINOTRACKER_WEIGHTS", str(tmp_path / "none"))

@@ -32,9 +32,9 @@ def server(tmp_path):
 
 
 def test_fetch_weights_downloads_verifies_and_falls_back(server, tmp_path, monkeypatch, caplog):
-    from dinotracker.jobs import demo
     from dinotracker.backbones import build_backbone
     from dinotracker.backbones.download import fetch_weights
+    from dinotracker.jobs import demo
 
     url, srv, model = server
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))

@@ -197,7 +197,10 @@ def check_keys(cfg, config_name: str, choices: Mapping[str, str | None] | None,
             o.startswith("+") and o not in _group_overrides([o]) for o in overrides):
         return
     reference = _reference(config_name, tuple(reference_overrides(config_name, choices)))
-    bad = unknown_keys(cfg, reference, OPEN.get(config_name, ("hydra",)))
+    # a group option from a hydra.searchpath folder is not in the package's conf/: its keys cannot be checked
+    elsewhere = tuple(g for g, c in choices.items() if c and not g.startswith("hydra")
+                      and not (config_dir() / g / f"{c}.yaml").is_file())
+    bad = unknown_keys(cfg, reference, OPEN.get(config_name, ("hydra",)) + elsewhere)
     if bad:
         raise ConfigError(unknown_key_message(reference, bad[0])
                           + " (set by an experiment/debug/local file or a +key=value override)")

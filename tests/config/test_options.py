@@ -247,3 +247,15 @@ def test_track_command_names_the_valid_option():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: unknown option grid_stp (did you mean grid_step?)"), r.stderr
+
+
+def test_group_option_from_a_searchpath_folder_passes_the_key_check(tmp_path):
+    """A video config in a ``hydra.searchpath`` folder (a benchmark's own videos) is not in conf/: its keys
+    cannot be checked against the package's, and must not be reported as unknown (they were, so a
+    benchmark job on such a video died before it could record its error)."""
+    from dinotracker.config import compose
+
+    (tmp_path / "video").mkdir()
+    (tmp_path / "video" / "mine.yaml").write_text("kind: synthetic\nname: mine\nnum_frames: 5\n")
+    cfg = compose("fit", ["+video=mine", f"hydra.searchpath=[file://{tmp_path}]", "experiment=quick_cpu"])
+    assert cfg.video.name == "mine"

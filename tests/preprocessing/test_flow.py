@@ -164,34 +164,32 @@ def test_raft_weights_file_hub_cache_and_offline_error(tmp_path, monkeypatch, ra
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(flow_mod, "_download_state_dict", offline)
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        fname = raft_weights_file("raft_small")
-        assert fname == "raft_small_C_T_V2-01064c6d.pth"
-        assert raft_weights_file("raft_large") == "raft_large_C_T_SKHT_V2-ff5fadd5.pth"
-        with pytest.raises(FileNotFoundError) as err:
-            load_raft_weights("raft_small")
-        msg = str(err.value)
-        assert fname in msg and str(tmp_path / "hub" / "checkpoints") in msg and "flow.weights" in msg
-        with pytest.raises(FileNotFoundError, match="not a file"):
-            load_raft_weights("raft_small", str(tmp_path / "missing.pth"))
-        # a local file
-        sd = random_raft.model.state_dict()
-        local = tmp_path / "mine.pth"
-        torch.save(sd, local)
-        est = build_flow("raft_small", weights=str(local), num_updates=2)
-        assert est.num_updates == 2
-        for k, v in est.model.state_dict().items():
-            assert torch.equal(v, sd[k]), k
-        # the torch hub cache under the official name
-        (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-        torch.save(sd, tmp_path / "hub" / "checkpoints" / fname)
-        est = build_flow("raft_small", num_updates=2)
-        for k, v in est.model.state_dict().items():
-            assert torch.equal(v, sd[k]), k
-    finally:
-        torch.hub.set_dir(old)
+    # torch.hub.set_dir would pin the hub folder for the rest of the session (restoring get_dir()'s value is
+    # not "unset": TORCH_HOME set by later tests would be ignored and they would write to the real cache)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    fname = raft_weights_file("raft_small")
+    assert fname == "raft_small_C_T_V2-01064c6d.pth"
+    assert raft_weights_file("raft_large") == "raft_large_C_T_SKHT_V2-ff5fadd5.pth"
+    with pytest.raises(FileNotFoundError) as err:
+        load_raft_weights("raft_small")
+    msg = str(err.value)
+    assert fname in msg and str(tmp_path / "hub" / "checkpoints") in msg and "flow.weights" in msg
+    with pytest.raises(FileNotFoundError, match="not a file"):
+        load_raft_weights("raft_small", str(tmp_path / "missing.pth"))
+    # a local file
+    sd = random_raft.model.state_dict()
+    local = tmp_path / "mine.pth"
+    torch.save(sd, local)
+    est = build_flow("raft_small", weights=str(local), num_updates=2)
+    assert est.num_updates == 2
+    for k, v in est.model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    # the torch hub cache under the official name
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(sd, tmp_path / "hub" / "checkpoints" / fname)
+    est = build_flow("raft_small", num_updates=2)
+    for k, v in est.model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
 
 
 def test_raft_bad_arguments():

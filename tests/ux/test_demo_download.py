@@ -38,6 +38,7 @@ def test_fetch_weights_downloads_verifies_and_falls_back(server, tmp_path, monke
 
     url, srv, model = server
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # an earlier torch.hub.set_dir would outrank TORCH_HOME
     monkeypatch.setenv("DINOTRACKER_WEIGHTS", str(tmp_path / "none"))
     monkeypatch.delenv("DINOTRACKER_OFFLINE", raising=False)
     sha = hashlib.sha256((srv / "dinov2_vits14_pretrain.pth").read_bytes()).hexdigest()
@@ -66,6 +67,7 @@ def test_demo_offline_fallback_explains_why(tmp_path, monkeypatch):
     from dinotracker.jobs import demo
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # an earlier torch.hub.set_dir would outrank TORCH_HOME
     monkeypatch.setenv("DINOTRACKER_WEIGHTS", str(tmp_path / "none"))
     monkeypatch.setenv("DINOTRACKER_WEIGHTS_URL", "http://127.0.0.1:9")  # refused at once
     overrides, why = demo.pick_backbone(download=True, timeout=2)

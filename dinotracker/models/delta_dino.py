@@ -59,8 +59,27 @@ class _NNPackConv2d(torch.autograd.Function):
 
 def _fast_conv_ok(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
-            and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.stride == (1, 1) and conv.dilation[0] == conv.dilation[1] and conv.groups == 1
             and x.is_contiguous() and not torch.is_autocast_enabled("cpu") and nnpack_available())
+
+
+def _nnpack_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
+    """Valid (unpadded) stride-1 conv2d of x [B, C, H, W] through NNPACK. A dilation d is split into its d x d
+    polyphase sub-grids, each an undilated convolution with the same kernel (exact rearrangement: output
+    cell ``d a + p`` reads only input cells ``d (a + u) + p``), batched into one NNPACK call."""
+    if dilation == 1:
+        return _NNPackConv2d.apply(x, weight, bias)
+    d = dilation
+    b, c, h, w = x.shape
+    kh, kw = weight.shape[-2:]
+    ho, wo = h - d * (kh - 1), w - d * (kw - 1)
+    x = F.pad(x, (0, (-w) % d, 0, (-h) % d))  # zero rows/cols at the end only feed cropped outputs
+    hs, ws = x.shape[-2] // d, x.shape[-1] // d
+    xs = x.reshape(b, c, hs, d, ws, d).permute(3, 5, 0, 1, 2, 4).reshape(d * d * b, c, hs, ws)
+    y = _NNPackConv2d.apply(xs.contiguous(), weight, bias)  # [d*d*B, O, hs-kh+1, ws-kw+1]
+    o, ha, wa = y.shape[1:]
+    y = y.reshape(d, d, b, o, ha, wa).permute(2, 3, 4, 0, 5, 1).reshape(b, o, ha * d, wa * d)
+    return y[:, :, :ho, :wo]
 
 
 class DeltaDINO(nn.Module):
@@ -106,7 +125,7 @@ class DeltaDINO(nn.Module):
             else:
                 layers += [conv, bn, nn.ReLU(), BlurPool2d(chans[i + 1], stride=2)]
         self.layers = nn.ModuleList(layers)
-        # CPU fast path (``model.fast_conv``): undilated convs through NNPACK, see :class:`_NNPackConv2d`
+        # CPU fast path (``model.fast_conv``): the convs through NNPACK (:class:`_NNPackConv2d`, :func:`_nnpack_conv`)
         self.fast_conv = False
         self.out_dim = out_dim
         self.num_down = len(channels)
@@ -135,7 +154,7 @@ class DeltaDINO(nn.Module):
                 elif any(layer.padding):
                     ph, pw = layer.padding
                     x = F.pad(x, (pw, pw, ph, ph))
-                x = _NNPackConv2d.apply(x, layer.weight, layer.bias)
+                x = _nnpack_conv(x, layer.weight, layer.bias, layer.dilation[0])
             else:
                 x = layer(x)
         return x

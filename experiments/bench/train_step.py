@@ -360,7 +360,7 @@ def compare_with_baseline(base_mods: dict, video, sh, shape: str, threads: list[
         r = interleaved_steps(fns, steps, warmup)
         tb, mb, lb = r["base"]
 
-        def diff(ls):
+        def diff(ls, lb=lb):
             return max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(lb, ls))
 
         print(f"| {nt} | {tb:.2f} | {r['plain'][0]:.2f} | {r['fast'][0]:.2f} | {tb / r['plain'][0]:.2f}x / "

@@ -105,7 +105,7 @@ def test_fast_path_losses_follow_plain_path_over_20_steps():
         for fast in (True, False):  # the plain path last: its graph takes the step
             m.tracker.delta_dino.fast_conv = m.teacher.delta_dino.fast_conv = fast
             got[fast] = m.compute_losses(batch, step=k)
-        (tf, ff), (tp, fp) = got[True], got[False]
+        (_, ff), (tp, fp) = got[True], got[False]
         for name in ("loss", "flow", "dino_bb", "refined_bb", "cycle"):
             a, b = float(fp[name]), float(ff[name])
             worst = max(worst, abs(a - b) / max(abs(a), 1e-12))

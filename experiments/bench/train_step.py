@@ -1,19 +1,28 @@
-"""Training-step benchmark: ms per step and peak memory, ours vs a naive baseline in the same run.
+"""Training-step benchmark: s per step and peak memory, ours vs a baseline in the same run.
 
-    python experiments/bench/train_step.py                        # CPU, quick_cpu shape (~1 min)
+    git worktree add /tmp/base dbd4dc7                               # the code before issue 13's work
+    python experiments/bench/train_step.py --baseline /tmp/base --only-steps --threads 1   # CPU: demo, quick_cpu
     python experiments/bench/train_step.py --shape paper --steps 10   # on a CUDA machine
 
 Shapes (random frames/features/tracks/best buddies of the right sizes; content is irrelevant):
-* ``quick_cpu``: C=384 features, 238x427 model resolution, patch 14 / stride 7 (33x60 grid),
+* ``demo``: ``make demo``'s model resolution 112x154 (synthetic 240x320 video, short side 112), T=24,
+  ``backbone=none`` (C=256 zero features: the DINO-BB and prior terms off, Delta-DINO not zero-initialised).
+* ``quick_cpu``: C=384 features, 238x427 model resolution, patch 14 / stride 7 (33x60 grid), T=16,
   256 flow / 256 BB / 256 cycle pairs (``experiment=quick_cpu``).
 * ``paper``: C=1024, 476x854, 67x121 grid, 512 / 1024 / 1024 pairs (the reference).
 
-Rows (all losses active, EMA cycle labels, 4 frame pairs, <= 8 frames per step):
+Rows:
+* with ``--baseline DIR`` (CPU): the whole step (sample, EMA teacher update, all losses incl. refined-BB and
+  cycle with the EMA teacher's labels, backward, Adam, LR schedule) of that checkout's code vs ours with the
+  plain fp32 path vs ours with ``model.fast_conv`` (NNPACK convolutions, the ``quick_cpu``/``demo`` setting),
+  all three built in this process (the baseline package imported beside ours) and run interleaved step by
+  step (ABC, CBA, ...), so that a shared machine's load hits all alike; median s/step, peak RSS above the
+  step's start, and the largest relative difference of the per-step losses to the baseline's (the batches
+  and rounding differ between the versions, so this only shows that the losses stay of the same size).
 * DINO-BB loss: point sampling with ``grid_sample`` (its backward loops over channels with atomics) vs
   row gathers from the channels-last rows the step builds once (``gather_points``), same values.
 * sampler: our vectorised :class:`CorrespondenceSampler` vs a reference-style per-point loop
   sampler (same algorithm: multinomial per flow point, Python index lookups per point).
-* step (CPU): vectorised sampler + our step vs per-point-loop sampler + our step.
 * step (CUDA): plain fp32 eager step vs ours with bf16-mixed autocast; also with channels-last
   Delta-DINO (measured slower on an H100: reflect padding / BlurPool) and, with ``--compile``,
   torch.compile of Delta-DINO (recompiles per distinct frame count; no gain measured).
@@ -383,7 +392,9 @@ def main():
     ap.add_argument("--baseline", type=Path, default=None,
                     help="a checkout of the code to compare with, timed interleaved in this process "
                          "(git worktree add /tmp/base dbd4dc7; CPU)")
-    ap.add_argument("--threads", default="1,2", help="CPU thread counts for the --baseline rows")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads for the --baseline rows (default: torch's); one value per process, "
+                         "since NNPACK sizes its thread pool once, at its first call")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 5 on CPU, 5 on CUDA)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 1 on CPU, 2 on CUDA)")
     ap.add_argument("--sampler-steps", type=int, default=20)
@@ -417,7 +428,7 @@ def main():
         if base_mods is not None and not args.no_steps:
             if dev.type != "cpu":
                 raise SystemExit("--baseline compares on CPU only")
-            compare_with_baseline(base_mods, video, sh, shape, [int(t) for t in args.threads.split(",")],
+            compare_with_baseline(base_mods, video, sh, shape, [args.threads or torch.get_num_threads()],
                                   args.steps, args.warmup)
         if args.only_steps:
             continue

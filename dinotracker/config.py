@@ -303,7 +303,8 @@ def validate_model(model, where: str = "model") -> None:
     """Values of the ``model`` section (:class:`~dinotracker.training.module.DinoTrackerModule`)."""
     _num(model, "radius", where, 0, lo_open=True)
     _choice(model, "coarse_from", where, ("raw", "refined"))
-    for key in ("normalized_refiner", "use_delta", "use_refiner", "compile", "delta_zero_init", "channels_last"):
+    for key in ("normalized_refiner", "use_delta", "use_refiner", "compile", "delta_zero_init", "channels_last",
+                "fast_conv"):
         _bool(model, key, where)
     _choice(model, "align_mode", where, ("center", "reference"))
     chans = _list(model, "delta_channels", where)

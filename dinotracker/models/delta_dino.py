@@ -13,6 +13,74 @@ from dinotracker.models.blurpool import BlurPool2d
 
 ALIGN_MODES = ("center", "reference")
 
+_NNPACK: bool | None = None
+
+
+def nnpack_available() -> bool:
+    """NNPACK built into torch (and initialised: ``is_available`` runs ``nnp_initialize``)."""
+    global _NNPACK
+    if _NNPACK is None:
+        _NNPACK = bool(torch.backends.nnpack.is_available())
+    return _NNPACK
+
+
+class _NNPackConv2d(torch.autograd.Function):
+    """Stride-1, undilated, unpadded conv2d through NNPACK (FFT / Winograd tiles), fp32 on CPU.
+
+    Forward and the input gradient (the full correlation of the output gradient with the flipped, transposed
+    kernel: again a forward convolution) run in NNPACK; the weight and bias gradients in
+    ``aten.convolution_backward`` (oneDNN), which NNPACK has no kernel for. Not the same summation as a
+    direct convolution: ~2e-6 relative difference.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        b = bias if bias is not None else x.new_zeros(weight.shape[0])
+        return torch._nnpack_spatial_convolution(x, weight, b, [0, 0])
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        gy = gy.contiguous()
+        gx = gw = gb = None
+        kh, kw = w.shape[-2:]
+        if ctx.needs_input_grad[0]:
+            wt = w.flip(2, 3).transpose(0, 1).contiguous()
+            gx = torch._nnpack_spatial_convolution(F.pad(gy, (kw - 1, kw - 1, kh - 1, kh - 1)), wt,
+                                                   x.new_zeros(w.shape[1]), [0, 0])
+        need_w, need_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+        if need_w or need_b:
+            _, gw, gb = torch.ops.aten.convolution_backward(gy, x, w, [w.shape[0]], [1, 1], [0, 0], [1, 1], False,
+                                                            [0, 0], 1, [False, need_w, need_b])
+        return gx, gw, gb if ctx.has_bias else None
+
+
+def _fast_conv_ok(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
+            and conv.stride == (1, 1) and conv.dilation[0] == conv.dilation[1] and conv.groups == 1
+            and x.is_contiguous() and not torch.is_autocast_enabled("cpu") and nnpack_available())
+
+
+def _nnpack_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
+    """Valid (unpadded) stride-1 conv2d of x [B, C, H, W] through NNPACK. A dilation d is split into its d x d
+    polyphase sub-grids, each an undilated convolution with the same kernel (exact rearrangement: output
+    cell ``d a + p`` reads only input cells ``d (a + u) + p``), batched into one NNPACK call."""
+    if dilation == 1:
+        return _NNPackConv2d.apply(x, weight, bias)
+    d = dilation
+    b, c, h, w = x.shape
+    kh, kw = weight.shape[-2:]
+    ho, wo = h - d * (kh - 1), w - d * (kw - 1)
+    x = F.pad(x, (0, (-w) % d, 0, (-h) % d))  # zero rows/cols at the end only feed cropped outputs
+    hs, ws = x.shape[-2] // d, x.shape[-1] // d
+    xs = x.reshape(b, c, hs, d, ws, d).permute(3, 5, 0, 1, 2, 4).reshape(d * d * b, c, hs, ws)
+    y = _NNPackConv2d.apply(xs.contiguous(), weight, bias)  # [d*d*B, O, hs-kh+1, ws-kw+1]
+    o, ha, wa = y.shape[1:]
+    y = y.reshape(d, d, b, o, ha, wa).permute(2, 3, 4, 0, 5, 1).reshape(b, o, ha * d, wa * d)
+    return y[:, :, :ho, :wo]
+
 
 class DeltaDINO(nn.Module):
     """Residual feature CNN of DINO-Tracker (paper Eq. 1 and App. A.3; reference ``DeltaDINO``).
@@ -57,6 +125,8 @@ class DeltaDINO(nn.Module):
             else:
                 layers += [conv, bn, nn.ReLU(), BlurPool2d(chans[i + 1], stride=2)]
         self.layers = nn.ModuleList(layers)
+        # CPU fast path (``model.fast_conv``): the convs through NNPACK (:class:`_NNPackConv2d`, :func:`_nnpack_conv`)
+        self.fast_conv = False
         self.out_dim = out_dim
         self.num_down = len(channels)
         self.cnn_stride = 2 ** self.num_down
@@ -78,7 +148,15 @@ class DeltaDINO(nn.Module):
                              f"padding ({self.pads[-1]}) needs a feature map larger than that, got {oh}x{ow}")
         x = images
         for layer in self.layers:
-            x = layer(x)
+            if self.fast_conv and isinstance(layer, nn.Conv2d) and _fast_conv_ok(layer, x):
+                if layer.padding_mode != "zeros":
+                    x = F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
+                elif any(layer.padding):
+                    ph, pw = layer.padding
+                    x = F.pad(x, (pw, pw, ph, ph))
+                x = _nnpack_conv(x, layer.weight, layer.bias, layer.dilation[0])
+            else:
+                x = layer(x)
         return x
 
 

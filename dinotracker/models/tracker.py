@@ -90,6 +90,37 @@ def point_features(maps: torch.Tensor, frame_index: torch.Tensor, xy: torch.Tens
     return gather_points(rows, tuple(maps.shape[-2:]), frame_index, xy, patch, stride)
 
 
+def grouped_matmul(rows: torch.Tensor, mats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out[m] = rows[m] @ mats[index[m]]``: rows [M, K], mats [F, K, N], index int [M] -> [M, N].
+
+    The rows are sorted by ``index`` (stable) and each frame's contiguous block is one matmul, so a step
+    costs one sort, one gather, <= F matmuls and one scatter (``index_copy``, whose backward is a gather),
+    never an [M, K, N] gather. The result equals a per-frame loop's (the same rows meet the same matrix).
+    """
+    m, n = rows.shape[0], mats.shape[-1]
+    if m == 0:
+        return rows.new_zeros(0, n)
+    index = index.long()
+    order = torch.argsort(index, stable=True)
+    counts = torch.bincount(index, minlength=mats.shape[0]).tolist()
+    srt = rows[order]
+    parts, a = [], 0
+    for k, cnt in enumerate(counts):
+        if cnt:
+            parts.append(srt[a:a + cnt] @ mats[k])
+            a += cnt
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return out.new_zeros(m, n).index_copy(0, order, out)
+
+
+def normalized_maps(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Unit-norm copies of maps [..., C, h, w] along C (``v / max(||v||, eps)``, fp32, autocast off): what
+    :func:`cosine_cost_volume` computes from the maps on every call, for ``target_normalized=True``."""
+    with no_autocast(maps.device):
+        t = maps.float()
+        return t / t.norm(dim=-3, keepdim=True).clamp_min(eps)
+
+
 def cosine_cost_volume(query: torch.Tensor, target_maps: torch.Tensor, eps: float = 1e-8,
                        target_normalized: bool = False,
                        target_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,13 +141,14 @@ def cosine_cost_volume(query: torch.Tensor, target_maps: torch.Tensor, eps: floa
         if query.dim() != 2 or target_maps.dim() != 4 or target_index.shape != query.shape[:1]:
             raise ValueError(f"with target_index expected query [M, C], maps [F, C, h, w], index [M]; got "
                              f"{tuple(query.shape)}, {tuple(target_maps.shape)}, {tuple(target_index.shape)}")
-        h, w = target_maps.shape[-2:]
-        out = torch.zeros(query.shape[0], h, w, device=query.device, dtype=torch.float32)
-        for f in torch.unique(target_index).tolist():
-            sel = (target_index == f).nonzero(as_tuple=True)[0]
-            val = cosine_cost_volume(query[sel], target_maps[f], eps, target_normalized)
-            out = out.index_put((sel,), val)
-        return out
+        f, c, h, w = target_maps.shape
+        with no_autocast(query.device):
+            q = query.float()
+            q = q / q.norm(dim=-1, keepdim=True).clamp_min(eps)
+            t = target_maps.float().reshape(f, c, h * w)
+            if not target_normalized:
+                t = t / t.norm(dim=1, keepdim=True).clamp_min(eps)
+            return grouped_matmul(q, t, target_index).reshape(-1, h, w)
     with no_autocast(query.device):
         c, h, w = target_maps.shape[-3:]
         q = query.float()

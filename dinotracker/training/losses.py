@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from dinotracker.geometry import patch_center_grid
-from dinotracker.models.tracker import no_autocast, point_features
+from dinotracker.models.tracker import grouped_matmul, no_autocast, point_features
 
 COS_EPS = 1e-8
 
@@ -93,14 +93,10 @@ def _pair_cosines(query: torch.Tensor, maps: torch.Tensor, map_index: torch.Tens
     """
     f, c, h, w = maps.shape
     with no_autocast(query.device):
-        out = query.new_zeros(query.shape[0], h * w, dtype=torch.float32)
-        qn = query.float().norm(dim=-1)
-        for k in torch.unique(map_index).tolist():
-            sel = (map_index == k).nonzero(as_tuple=True)[0]
-            t = maps[k].float().reshape(c, h * w)
-            val = (query[sel].float() @ t) / (qn[sel, None] * t.norm(dim=0)[None]).clamp_min(eps)
-            out = out.index_put((sel,), val)
-    return out
+        q = query.float()
+        t = maps.float().reshape(f, c, h * w)
+        dots = grouped_matmul(q, t, map_index)  # one matmul per distinct map, no [M, C, h, w] gather
+        return dots / (q.norm(dim=-1)[:, None] * t.norm(dim=1)[map_index]).clamp_min(eps)
 
 
 def _resolve_maps(target_maps: torch.Tensor, map_index: torch.Tensor | None, m: int) -> tuple:

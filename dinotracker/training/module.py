@@ -47,7 +47,7 @@ from torch import nn
 from dinotracker.config import validate_loss, validate_model, validate_optim
 from dinotracker.models.checkpoint import save_tracker
 from dinotracker.models.lora import LORA_FEATURE_KEYS
-from dinotracker.models.tracker import DinoTracker, point_features, point_rows
+from dinotracker.models.tracker import DinoTracker, normalized_maps, point_features, point_rows
 from dinotracker.preprocessing.types import PreprocessedVideo
 from dinotracker.training import losses as LS
 from dinotracker.training.sampler import Batch, Correspondences, select_region_pairs
@@ -90,7 +90,8 @@ class DinoTrackerModule(L.LightningModule):
         model: the ``model`` section of the config (``conf/model/dino_tracker.yaml``, every key): radius,
             coarse_from, normalized_refiner, use_delta, use_refiner, align_mode (DinoTracker kwargs),
             compile (torch.compile Delta-DINO in ``setup``), channels_last (Delta-DINO in channels-last
-            memory format), refine_chunk (frames per Delta-DINO call; None = all <= 8 at once), lora.
+            memory format), fast_conv (CPU: NNPACK convolutions for Delta-DINO, the fast path), refine_chunk
+            (frames per Delta-DINO call; None = all <= 8 at once), lora.
         loss: the ``loss`` section (``conf/loss/default.yaml``); a term that is not ``enabled`` or has
             weight 0 is not computed.
         optim: the ``optim`` section (``conf/optim/default.yaml``).
@@ -140,6 +141,8 @@ class DinoTrackerModule(L.LightningModule):
             log.info("LoRA tuning: %s", self.tracker.lora.extra_repr())
         if self.model_cfg["channels_last"] and self.tracker.delta_dino is not None:
             self.tracker.delta_dino.to(memory_format=torch.channels_last)
+        if self.tracker.delta_dino is not None:
+            self.tracker.delta_dino.fast_conv = bool(self.model_cfg["fast_conv"])
         self.register_buffer("frames", video.frames, persistent=False)  # uint8 [T, 3, H, W]
         self.register_buffer("features", feats, persistent=False)  # [T, C, h, w], frozen
         # LoRA: tokens entering the first adapted block, [T, N, C], filled on the training device at fit start
@@ -194,13 +197,18 @@ class DinoTrackerModule(L.LightningModule):
                               lora_prefix=prefix)
 
     def track(self, tracker: DinoTracker, maps: torch.Tensor, src: torch.Tensor, xy: torch.Tensor,
-              dst: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+              dst: torch.Tensor, rows: torch.Tensor | None = None,
+              unit_maps: torch.Tensor | None = None) -> torch.Tensor:
         """Predict raster xy [M, 2] in ``maps[dst]`` of points ``xy`` [M, 2] of ``maps[src]`` (int [M]).
 
-        ``rows`` (:func:`point_rows` of ``maps``): see :func:`point_features`.
+        ``rows`` (:func:`point_rows` of ``maps``): see :func:`point_features`. ``unit_maps``
+        (:func:`normalized_maps` of ``maps``, built once per step and shared by every track of the step)
+        are the cost volume's targets; the same values as normalising ``maps`` in each call.
         """
         q = point_features(maps, src, xy, self.patch, self.stride, rows)
-        return tracker(q, maps, target_index=dst)[0]
+        if unit_maps is None:
+            return tracker(q, maps, target_index=dst)[0]
+        return tracker(q, unit_maps, target_normalized=True, target_index=dst)[0]
 
     @torch.no_grad()
     def track_points(self, query_frame: int, query_xy: torch.Tensor, frames: torch.Tensor | None = None,
@@ -257,13 +265,14 @@ class DinoTrackerModule(L.LightningModule):
         raw = self.features[slots]
         maps = self.refine(slots)  # [F, C, h, w], the only Delta-DINO forward with grad
         rows = point_rows(maps)  # shared by every loss's point sampling
+        unit = normalized_maps(maps)  # shared by every cost volume of the step (flow, cycle)
         total = maps.new_zeros((), dtype=torch.float32)
         terms: dict[str, torch.Tensor] = {}
         p, s = self.patch, self.stride
 
         fl = batch.flow
         if self._active("flow", step) and len(fl):
-            pred = self.track(self.tracker, maps, fl.src_slot, fl.src_xy, fl.dst_slot, rows)
+            pred = self.track(self.tracker, maps, fl.src_slot, fl.src_xy, fl.dst_slot, rows, unit)
             v = LS.flow_loss(pred, fl.dst_xy, self.model_hw, lc["flow"]["huber_delta"], fl.weight)
             total = total + lc["flow"]["weight"] * v
             terms["flow"] = v.detach()
@@ -294,7 +303,7 @@ class DinoTrackerModule(L.LightningModule):
 
         cy = batch.cycle
         if self._active("cycle", step) and len(cy):
-            v, extra = self._cycle_loss(maps, rows, slots, cy)
+            v, extra = self._cycle_loss(maps, rows, slots, cy, unit)
             total = total + lc["cycle"]["weight"] * v
             terms["cycle"] = v.detach()
             terms.update(extra)
@@ -322,17 +331,20 @@ class DinoTrackerModule(L.LightningModule):
         fg = rp.cell_fg[pid, cell[sel]]
         return Correspondences(rp.src_slot[pid], rp.dst_slot[pid], src_xy, dst_xy, aff, fg)
 
-    def _cycle_loss(self, maps: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, cy: Correspondences):
+    def _cycle_loss(self, maps: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, cy: Correspondences,
+                    unit: torch.Tensor | None = None):
         c = self.loss_cfg["cycle"]
         with torch.no_grad():
             if self.teacher is None:  # "same": the reference, forward term identically zero
                 labeller, lmaps, lrows = self.tracker, maps.detach(), rows.detach()
+                lunit = None if unit is None else unit.detach()
             else:
                 labeller = self.teacher
                 lmaps = self.refine(slots, self.teacher)
                 lrows = point_rows(lmaps)
-            fwd = self.track(labeller, lmaps, cy.src_slot, cy.src_xy, cy.dst_slot, lrows)
-            back = self.track(labeller, lmaps, cy.dst_slot, fwd, cy.src_slot, lrows)
+                lunit = normalized_maps(lmaps)
+            fwd = self.track(labeller, lmaps, cy.src_slot, cy.src_xy, cy.dst_slot, lrows, lunit)
+            back = self.track(labeller, lmaps, cy.dst_slot, fwd, cy.src_slot, lrows, lunit)
             lab = LS.cycle_pseudo_labels(cy.src_xy, fwd, back, c["threshold"], c["decay"])
         keep = lab.keep
         extra = {"cycle_kept": keep.float().mean().detach()}
@@ -340,8 +352,8 @@ class DinoTrackerModule(L.LightningModule):
             return maps.sum() * 0.0, extra
         src, dst = cy.src_slot[keep], cy.dst_slot[keep]
         x_s, x_t, w = cy.src_xy[keep], fwd[keep], lab.weights[keep]
-        pred_fwd = self.track(self.tracker, maps, src, x_s, dst, rows)
-        pred_bwd = self.track(self.tracker, maps, dst, x_t, src, rows)
+        pred_fwd = self.track(self.tracker, maps, src, x_s, dst, rows, unit)
+        pred_bwd = self.track(self.tracker, maps, dst, x_t, src, rows, unit)
         v = LS.cycle_consistency_loss(pred_fwd, pred_bwd, x_s, x_t, w, self.model_hw, c["huber_delta"],
                                       reduction=c["reduction"])
         with torch.no_grad():

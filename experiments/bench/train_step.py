@@ -1,19 +1,28 @@
-"""Training-step benchmark: ms per step and peak memory, ours vs a naive baseline in the same run.
+"""Training-step benchmark: s per step and peak memory, ours vs a baseline in the same run.
 
-    python experiments/bench/train_step.py                        # CPU, quick_cpu shape (~1 min)
+    git worktree add /tmp/base dbd4dc7                               # the code before issue 13's work
+    python experiments/bench/train_step.py --baseline /tmp/base --only-steps --threads 1   # CPU: demo, quick_cpu
     python experiments/bench/train_step.py --shape paper --steps 10   # on a CUDA machine
 
 Shapes (random frames/features/tracks/best buddies of the right sizes; content is irrelevant):
-* ``quick_cpu``: C=384 features, 238x427 model resolution, patch 14 / stride 7 (33x60 grid),
+* ``demo``: ``make demo``'s model resolution 112x154 (synthetic 240x320 video, short side 112), T=24,
+  ``backbone=none`` (C=256 zero features: the DINO-BB and prior terms off, Delta-DINO not zero-initialised).
+* ``quick_cpu``: C=384 features, 238x427 model resolution, patch 14 / stride 7 (33x60 grid), T=16,
   256 flow / 256 BB / 256 cycle pairs (``experiment=quick_cpu``).
 * ``paper``: C=1024, 476x854, 67x121 grid, 512 / 1024 / 1024 pairs (the reference).
 
-Rows (all losses active, EMA cycle labels, 4 frame pairs, <= 8 frames per step):
+Rows:
+* with ``--baseline DIR`` (CPU): the whole step (sample, EMA teacher update, all losses incl. refined-BB and
+  cycle with the EMA teacher's labels, backward, Adam, LR schedule) of that checkout's code vs ours with the
+  plain fp32 path vs ours with ``model.fast_conv`` (NNPACK convolutions, the ``quick_cpu``/``demo`` setting),
+  all three built in this process (the baseline package imported beside ours) and run interleaved step by
+  step (ABC, CBA, ...), so that a shared machine's load hits all alike; median s/step, peak RSS above the
+  step's start, and the largest relative difference of the per-step losses to the baseline's (the batches
+  and rounding differ between the versions, so this only shows that the losses stay of the same size).
 * DINO-BB loss: point sampling with ``grid_sample`` (its backward loops over channels with atomics) vs
   row gathers from the channels-last rows the step builds once (``gather_points``), same values.
 * sampler: our vectorised :class:`CorrespondenceSampler` vs a reference-style per-point loop
   sampler (same algorithm: multinomial per flow point, Python index lookups per point).
-* step (CPU): vectorised sampler + our step vs per-point-loop sampler + our step.
 * step (CUDA): plain fp32 eager step vs ours with bf16-mixed autocast; also with channels-last
   Delta-DINO (measured slower on an H100: reflect padding / BlurPool) and, with ``--compile``,
   torch.compile of Delta-DINO (recompiles per distinct frame count; no gain measured).
@@ -24,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -48,8 +59,9 @@ from dinotracker.training.sampler import (  # noqa: E402
 from dinotracker.utils.memory import PeakMemory  # noqa: E402
 
 SHAPES = {
-    "quick_cpu": dict(dim=384, hw=(238, 427), patch=14, stride=7, pairs=(256, 256, 256)),
-    "paper": dict(dim=1024, hw=(476, 854), patch=14, stride=7, pairs=(512, 1024, 1024)),
+    "demo": dict(dim=256, hw=(112, 154), patch=14, stride=7, pairs=(256, 256, 256), frames=24, features=False),
+    "quick_cpu": dict(dim=384, hw=(238, 427), patch=14, stride=7, pairs=(256, 256, 256), frames=16, features=True),
+    "paper": dict(dim=1024, hw=(476, 854), patch=14, stride=7, pairs=(512, 1024, 1024), frames=16, features=True),
 }
 
 
@@ -256,6 +268,114 @@ def time_bb_loss(video, dev, pairs: int, use_rows: bool, repeats: int = 3) -> tu
     return float(np.median(times)) * 1e3, pm.peak_mb
 
 
+# --------------------------------------------------------------------------- ours vs an older checkout, interleaved
+def import_baseline(path: Path) -> dict:
+    """Import the ``dinotracker`` package of another checkout (e.g. ``git worktree add /tmp/base dbd4dc7``)
+    beside ours in this process: its modules are loaded under the same names, kept aside and ours restored,
+    so both versions run in the same process, interleaved step by step. Returns the modules the bench uses."""
+    path = Path(path).resolve()
+    if not (path / "dinotracker" / "training" / "module.py").is_file():
+        raise SystemExit(f"--baseline {path}: not a dinotracker checkout (git worktree add {path} dbd4dc7)")
+    ours = {k: v for k, v in sys.modules.items() if k == "dinotracker" or k.startswith("dinotracker.")}
+    for k in ours:
+        del sys.modules[k]
+    sys.path.insert(0, str(path))
+    try:
+        mods = {n: importlib.import_module(f"dinotracker.training.{n}") for n in ("module", "sampler")}
+    finally:
+        sys.path.remove(str(path))
+        for k in [k for k in sys.modules if k == "dinotracker" or k.startswith("dinotracker.")]:
+            del sys.modules[k]
+        sys.modules.update(ours)
+    return mods
+
+
+def loss_overrides(features: bool) -> dict:
+    """All losses on from step 0 (cycle: every point kept); without DINO features (``backbone=none``, the
+    demo) the DINO-BB and prior terms are off as the config turns them off (weights 0 work in both versions)."""
+    loss = {"refined_bb": {"start": 0}, "cycle": {"start": 0, "threshold": 1e6}}
+    if not features:
+        loss.update(dino_bb={"weight": 0.0}, prior={"norm_weight": 0.0, "angle_weight": 0.0})
+    return loss
+
+
+def build_step(module_cls, sampler_cls, video, sh, options: dict):
+    """(one(k) -> total loss, module) for one version of the code: its own sampler, module, Adam, LR schedule."""
+    fp, bp, cp = sh["pairs"]
+    sampler = sampler_cls(video, flow_pairs=fp, bb_pairs=bp, cycle_pairs=cp, seed=0)
+    torch.manual_seed(0)
+    m = module_cls(video, **options)
+    m.setup("fit")
+    m.train()
+    cfg = m.configure_optimizers()
+    opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+
+    def one(k):
+        batch = sampler.sample(k)
+        m.update_teacher(k)
+        total, _ = m.compute_losses(batch, step=10**6)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        sched.step()
+        return float(total.detach())
+
+    return one, m
+
+
+def _trim():
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def interleaved_steps(fns: dict, steps: int, warmup: int) -> dict:
+    """Median s/step, peak MB and per-step losses of each callable in ``fns``, run in alternating order
+    (ABAB..., BABA.. every other round), so load changes on a shared machine hit both alike."""
+    names = list(fns)
+    out = {n: {"t": [], "mb": [], "loss": []} for n in names}
+    for k in range(warmup + steps):
+        order = names if k % 2 == 0 else names[::-1]
+        for n in order:
+            _trim()
+            with PeakMemory() as pm:
+                t0 = time.perf_counter()
+                v = fns[n](k)
+                dt = time.perf_counter() - t0
+            out[n]["loss"].append(v)
+            if k >= warmup:
+                out[n]["t"].append(dt)
+                out[n]["mb"].append(pm.peak_mb)
+    return {n: (float(np.median(r["t"])), float(max(r["mb"])), r["loss"]) for n, r in out.items()}
+
+
+def compare_with_baseline(base_mods: dict, video, sh, shape: str, threads: list[int], steps: int,
+                          warmup: int) -> None:
+    """dbd4dc7's step vs ours (plain fp32 path) vs ours with ``model.fast_conv`` (the quick_cpu / demo
+    setting), interleaved; loss columns: max relative difference of the per-step losses to dbd4dc7's."""
+    loss = loss_overrides(sh["features"])
+    model = {} if sh["features"] else {"delta_zero_init": False}
+    print("\n| threads | dbd4dc7 s/step | ours plain s/step | ours fast_conv s/step | speed-up plain / fast | "
+          "peak MB dbd4dc7 / plain / fast | loss rel. diff plain / fast |")
+    print("|---|---|---|---|---|---|---|")
+    for nt in threads:
+        torch.set_num_threads(nt)
+        fns = {"base": build_step(base_mods["module"].DinoTrackerModule,
+                                  base_mods["sampler"].CorrespondenceSampler, video, sh,
+                                  dict(model=model, loss=loss))[0],
+               "plain": build_step(DinoTrackerModule, CorrespondenceSampler, video, sh,
+                                   module_options(model=model, loss=loss))[0],
+               "fast": build_step(DinoTrackerModule, CorrespondenceSampler, video, sh,
+                                  module_options(model={**model, "fast_conv": True}, loss=loss))[0]}
+        r = interleaved_steps(fns, steps, warmup)
+        tb, mb, lb = r["base"]
+
+        def diff(ls, lb=lb):
+            return max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(lb, ls))
+
+        print(f"| {nt} | {tb:.2f} | {r['plain'][0]:.2f} | {r['fast'][0]:.2f} | {tb / r['plain'][0]:.2f}x / "
+              f"**{tb / r['fast'][0]:.2f}x** | {mb:.0f} / {r['plain'][1]:.0f} / {r['fast'][1]:.0f} | "
+              f"{diff(r['plain'][2]):.1e} / {diff(r['fast'][2]):.1e} |", flush=True)
+
 def row(name, base, ours, unit_mem):
     (tb, mb), (to, mo) = base, ours
     print(f"| {name} | {tb:.1f} | {to:.1f} | {tb / to:.2f}x | {mb:.0f} | {mo:.0f} | {unit_mem} |")
@@ -264,58 +384,73 @@ def row(name, base, ours, unit_mem):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=[*SHAPES, "auto"], default="auto",
-                    help="auto: quick_cpu on CPU, quick_cpu and paper on CUDA")
+                    help="auto: demo and quick_cpu on CPU, quick_cpu and paper on CUDA")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--frames", type=int, default=16, help="video length T")
+    ap.add_argument("--frames", type=int, default=None, help="video length T (default: the shape's)")
     ap.add_argument("--tracks", type=int, default=20000, help="trajectories N")
     ap.add_argument("--bb-per-pair", type=int, default=200)
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 1 on CPU, 5 on CUDA)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 0 on CPU, 2 on CUDA)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a checkout of the code to compare with, timed interleaved in this process "
+                         "(git worktree add /tmp/base dbd4dc7; CPU)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads for the --baseline rows (default: torch's); one value per process, "
+                         "since NNPACK sizes its thread pool once, at its first call")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 5 on CPU, 5 on CUDA)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 1 on CPU, 2 on CUDA)")
     ap.add_argument("--sampler-steps", type=int, default=20)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd Delta-DINO (CUDA)")
     ap.add_argument("--no-steps", action="store_true", help="only the sampler and loss rows (no full steps)")
+    ap.add_argument("--only-steps", action="store_true", help="skip the sampler and loss rows")
     args = ap.parse_args()
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(auto if args.device == "auto" else args.device)
     if args.steps is None:
-        args.steps = 5 if dev.type == "cuda" else 1
+        args.steps = 5
     if args.warmup is None:
-        args.warmup = 2 if dev.type == "cuda" else 0
+        args.warmup = 2 if dev.type == "cuda" else 1
     shapes = ([args.shape] if args.shape != "auto"
-              else (["quick_cpu", "paper"] if dev.type == "cuda" else ["quick_cpu"]))
+              else (["quick_cpu", "paper"] if dev.type == "cuda" else ["demo", "quick_cpu"]))
+    base_mods = import_baseline(args.baseline) if args.baseline is not None else None
     print(f"device {dev} ({torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}), torch "
-          f"{torch.__version__}, {torch.get_num_threads()} CPU threads, T={args.frames}, N={args.tracks}")
+          f"{torch.__version__}, {torch.get_num_threads()} CPU threads, N={args.tracks}"
+          + (f", baseline {args.baseline}" if base_mods else ""))
     for shape in shapes:
         sh = SHAPES[shape]
-        video = random_video(args.frames, sh["dim"], sh["hw"], sh["patch"], sh["stride"], args.tracks,
+        frames = args.frames or sh["frames"]
+        video = random_video(frames, sh["dim"], sh["hw"], sh["patch"], sh["stride"], args.tracks,
                              args.bb_per_pair)
+        if not sh["features"]:
+            video.features.zero_()  # backbone=none
         fp, bp, cp = sh["pairs"]
         kw = dict(flow_pairs=fp, bb_pairs=bp, cycle_pairs=cp, seed=0)
+        print(f"\n### {shape}: T={frames}, C={sh['dim']}, {sh['hw'][0]}x{sh['hw'][1]}, grid {video.grid_hw}, "
+              f"pairs flow/bb/cycle {fp}/{bp}/{cp}")
+        if base_mods is not None and not args.no_steps:
+            if dev.type != "cpu":
+                raise SystemExit("--baseline compares on CPU only")
+            compare_with_baseline(base_mods, video, sh, shape, [args.threads or torch.get_num_threads()],
+                                  args.steps, args.warmup)
+        if args.only_steps:
+            continue
         vec, loop = CorrespondenceSampler(video, **kw), LoopSampler(video, **kw)
-        print(f"\n### {shape}: C={sh['dim']}, {sh['hw'][0]}x{sh['hw'][1]}, grid {video.grid_hw}, "
-              f"pairs flow/bb/cycle {fp}/{bp}/{cp}\n")
         mem = "host RSS MB" if dev.type == "cpu" else "CUDA MB"
-        print("| what | baseline ms | ours ms | speed-up | baseline peak MB | ours peak MB | memory |")
+        print("\n| what | baseline ms | ours ms | speed-up | baseline peak MB | ours peak MB | memory |")
         print("|---|---|---|---|---|---|---|")
         row("sampler (per-point loop vs vectorised)", time_sampler(loop, args.sampler_steps),
             time_sampler(vec, args.sampler_steps), "host RSS MB")
-        row(f"DINO-BB loss fwd+bwd, {bp} pairs (grid_sample vs row-gather sampling)",
-            time_bb_loss(video, dev, bp, False), time_bb_loss(video, dev, bp, True), "host RSS MB")
-        if args.no_steps:
+        if sh["features"]:
+            row(f"DINO-BB loss fwd+bwd, {bp} pairs (grid_sample vs row-gather sampling)",
+                time_bb_loss(video, dev, bp, False), time_bb_loss(video, dev, bp, True), "host RSS MB")
+        if args.no_steps or dev.type == "cpu":
             continue
-        if dev.type == "cpu":
-            base = time_steps(video, loop, dev, args.steps, args.warmup, False, False, False)
-            ours = time_steps(video, vec, dev, args.steps, args.warmup, False, False, False)
-            row("full step fp32 (loop sampler vs vectorised sampler)", base, ours, mem)
-        else:
-            base = time_steps(video, vec, dev, args.steps, args.warmup, False, False, False)
-            ours = time_steps(video, vec, dev, args.steps, args.warmup, True, False, False)
-            row("step: fp32 eager vs bf16-mixed", base, ours, mem)
-            cl = time_steps(video, vec, dev, args.steps, args.warmup, True, True, False)
-            row("step: fp32 eager vs bf16-mixed + channels_last", base, cl, mem)
-            if args.compile:
-                comp = time_steps(video, vec, dev, args.steps, max(args.warmup, 3), True, False, True)
-                row("step: fp32 eager vs bf16-mixed + compile (Delta-DINO)", base, comp, mem)
+        base = time_steps(video, vec, dev, args.steps, args.warmup, False, False, False)
+        ours = time_steps(video, vec, dev, args.steps, args.warmup, True, False, False)
+        row("step: fp32 eager vs bf16-mixed", base, ours, mem)
+        cl = time_steps(video, vec, dev, args.steps, args.warmup, True, True, False)
+        row("step: fp32 eager vs bf16-mixed + channels_last", base, cl, mem)
+        if args.compile:
+            comp = time_steps(video, vec, dev, args.steps, max(args.warmup, 3), True, False, True)
+            row("step: fp32 eager vs bf16-mixed + compile (Delta-DINO)", base, comp, mem)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import os
 import re
 import sys
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from dinotracker.utils.atomic import atomic_path
 from dinotracker.utils.resume import checkpoint_step  # noqa: F401  (re-exported for the fit job)
 
 log = logging.getLogger(__name__)
@@ -78,12 +78,10 @@ class _ContinuedWriter(ExperimentWriter):
             rows = list(reader)
         complete = [r for r in rows if None not in r.values() and None not in r and r.get("step") not in ("", None)]
         kept = [r for r in complete if int(float(r["step"])) < self.keep_before]
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=header)
             w.writeheader()
             w.writerows(kept)
-        os.replace(tmp, path)
         self.metrics_keys = header
         log.info("metrics.csv: kept %d rows before step %d, dropped %d logged after the checkpoint",
                  len(kept), self.keep_before, len(rows) - len(kept))

@@ -259,7 +259,8 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
         return {}
     tcfg = cfg.track
     chunk = tcfg.get("chunk") or (4096 if _device_of(module).type == "cuda" else 512)  # small chunks starve a GPU
-    tkw = dict(chunk=int(chunk), anchor_cos=float(tcfg.anchor_cos), visible_cos=float(tcfg.visible_cos))
+    tkw = dict(chunk=int(chunk), anchor_cos=float(tcfg.anchor_cos), visible_cos=float(tcfg.visible_cos),
+               fast_conv=bool(tcfg.get("fast_conv", False)))
     tracker = load(out, device=str(_device_of(module)), **tkw)
     from dinotracker.inference.queries import capped_grid_step
 

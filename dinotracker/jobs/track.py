@@ -82,6 +82,7 @@ def run(cfg: DictConfig) -> dict:
         visible_cos=float(cfg.visible_cos),
         storage_dtype=storage,
         max_anchors=cfg.get("max_anchors"),
+        fast_conv=bool(cfg.fast_conv),
     )
     if cfg.queries:
         queries = read_queries(cfg.queries)

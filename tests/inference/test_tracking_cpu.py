@@ -62,3 +62,21 @@ def test_post_fit_grid_is_capped_to_the_video():
     n = len(grid_queries(hw, step))
     assert n <= 400 and n > 300 and step > 16
     assert capped_grid_step(hw, 80.0, 400) == 80.0 and capped_grid_step(hw, 16.0, None) == 16.0
+
+
+def test_fast_conv_features_match_the_plain_path_and_leave_the_model_as_it_was(make_model, make_video):
+    from dinotracker.inference.api import Tracker
+    from dinotracker.models.delta_dino import nnpack_available
+
+    model, video = make_model(), make_video()
+    plain = Tracker(model, video)
+    fast = Tracker(model, video, fast_conv=True)
+    assert fast.fast_conv and not plain.fast_conv
+    a, b = plain.refined_features(), fast.refined_features()
+    assert model.delta_dino.fast_conv is False  # restored after the bank was built
+    scale = float(a.abs().max())
+    torch.testing.assert_close(b, a, atol=2e-5 * scale, rtol=0)
+    if nnpack_available():  # the fast path really ran: not the same summation as oneDNN's
+        assert not torch.equal(a, b)
+    q = grid_queries((128, 192), 40.0, 0)
+    torch.testing.assert_close(fast.track(q)["tracks"], plain.track(q)["tracks"], atol=1e-3, rtol=0)

@@ -66,7 +66,8 @@ def video_from_config(cfg) -> tuple[Video, GroundTruth | None]:
         syn = make_synthetic_video(num_frames=int(cfg.num_frames), height=int(cfg.height),
                                    width=int(cfg.width), num_objects=int(cfg.num_objects),
                                    num_points=int(cfg.num_points), seed=int(cfg.seed),
-                                   speed=float(cfg.get("speed", 1.0)))
+                                   speed=float(cfg.get("speed", 1.0)),
+                                   saturation=float(cfg.get("saturation", 1.0)))
         idx = np.arange(syn.frames.shape[0])[start:end:stride]
         if len(idx) < 2:
             raise VideoError(f"frame range start={start} end={end} stride={stride} leaves {len(idx)} frame(s)")

@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     backbone, why = pick_backbone(download=os.environ.get("DINOTRACKER_OFFLINE", "0") in ("", "0"))
     print(f"[demo] {why}")
     print("[demo] flow: OpenCV DIS (offline); video: built-in synthetic video with exact ground truth")
-    cmd = [sys.executable, "-m", "dinotracker.fit", "+video=synthetic", "experiment=demo", *backbone,
-           f"hydra.run.dir={run_dir}", *argv]
+    # calmer colours than the tests' synthetic video (same geometry, brightness and ground truth): the tracks'
+    # dots stand out in the mp4; fitted delta_avg 42.3 vs 44.5 at full colour (one run each, 2026-12-01)
+    cmd = [sys.executable, "-m", "dinotracker.fit", "+video=synthetic", "video.saturation=0.4", "experiment=demo",
+           *backbone, f"hydra.run.dir={run_dir}", *argv]
     print("[demo] " + " ".join(cmd[1:]), flush=True)
     rc = subprocess.call(cmd)
     if rc == 0:

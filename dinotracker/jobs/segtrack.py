@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 
 import dinotracker
 from dinotracker.data.video import load_video
-from dinotracker.utils.device import resolve_device
 from dinotracker.utils.errors import one_line_errors
 
 log = logging.getLogger("dinotracker.segtrack")
@@ -78,6 +77,8 @@ def run(cfg: DictConfig) -> dict:
 
     if str(cfg.features) == "backbone":
         check_backbone(str(cfg.backbone.name))
+    from dinotracker.utils.device import resolve_device  # imports torch: after the argv check
+
     device = resolve_device(cfg.device)
     out = Path(str(cfg.out))
     frames, src_idx, fps, name = _load_frames(cfg)
@@ -221,6 +222,10 @@ def private_conf_dir() -> Path:
 
 
 def main() -> None:
+    from dinotracker.utils.errors import PATH_KEYS, precheck_argv
+
+    # a missing video / mask / GT folder: one line in about a second, before Hydra and torch load
+    precheck_argv(sys.argv[1:], {**PATH_KEYS, "video": "video"})
     import hydra
 
     hydra.main(config_path=str(private_conf_dir()), config_name="segtrack", version_base="1.3")(one_line_errors(run))()

@@ -5,17 +5,23 @@
     labels = track_segmentation(features_from_backbone("dinov3_vits16", weights=...), frames, first_mask)
 """
 
-from dinotracker.segtrack.features import (
-    BackboneFeatures,
-    CellGrid,
-    ImageFeatures,
-    RunFeatures,
-    features_from_backbone,
-    features_from_run,
-    resize_to_multiple_hw,
-)
-from dinotracker.segtrack.neighbourhood import make_neighborhood_mask, neighborhood_offsets
-from dinotracker.segtrack.propagation import iter_segmentation, propagate, track_segmentation
+import importlib
+
+# names -> defining module, imported on first use: ``python -m dinotracker.segtrack`` then checks its
+# command line (a missing video in a second) before torch loads
+_EXPORTS = {
+    **dict.fromkeys(("BackboneFeatures", "CellGrid", "ImageFeatures", "RunFeatures", "features_from_backbone",
+                     "features_from_run", "resize_to_multiple_hw"), "features"),
+    **dict.fromkeys(("make_neighborhood_mask", "neighborhood_offsets"), "neighbourhood"),
+    **dict.fromkeys(("iter_segmentation", "propagate", "track_segmentation"), "propagation"),
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"dinotracker.segtrack.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'dinotracker.segtrack' has no attribute {name!r}")
+
 
 __all__ = [
     "BackboneFeatures", "CellGrid", "ImageFeatures", "RunFeatures", "features_from_backbone", "features_from_run",

@@ -5,7 +5,8 @@
   points share colours and the colours stay fixed over time.
 * Trails: the last ``trail`` segments of each track, fading with age (drawn only between
   visible points, and not across jumps of more than a tenth of the frame diagonal).
-* Visible points are filled discs; occluded points hollow circles (co-tracker's convention).
+* Visible points are filled discs; occluded points hollow circles (co-tracker's convention); both
+  with a dark rim so that they stand out on busy or same-coloured backgrounds.
 * Ground truth (optional): a white cross at each visible GT point and a red line from the
   prediction to it (the error).
 
@@ -27,6 +28,7 @@ from dinotracker.data.video import write_video
 from dinotracker.utils.arrays import to_numpy
 
 SUBPIX = 4  # cv2 fixed-point shift: draw at 1/16 px
+OUTLINE = (20, 20, 20)  # the rim around every dot
 
 
 def track_colors(xy: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -127,9 +129,12 @@ def render_frames(
                 )
         for k in np.nonzero(finite[:, i])[0]:
             centre = tuple(fix[k, i])
+            # a dark rim first, so that a dot stands out on any background (busy or of its own colour)
             if visible[k, i]:
+                cv2.circle(img, centre, (radius + 1) << SUBPIX, OUTLINE, -1, cv2.LINE_AA, SUBPIX)
                 cv2.circle(img, centre, radius << SUBPIX, colors[k], -1, cv2.LINE_AA, SUBPIX)
             else:  # occluded: hollow
+                cv2.circle(img, centre, radius << SUBPIX, OUTLINE, 3, cv2.LINE_AA, SUBPIX)
                 cv2.circle(img, centre, radius << SUBPIX, colors[k], 1, cv2.LINE_AA, SUBPIX)
         yield img
 

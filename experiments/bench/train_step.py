@@ -10,6 +10,8 @@ Shapes (random frames/features/tracks/best buddies of the right sizes; content i
 * ``quick_cpu``: C=384 features, 238x427 model resolution, patch 14 / stride 7 (33x60 grid), T=16,
   256 flow / 256 BB / 256 cycle pairs (``experiment=quick_cpu``).
 * ``paper``: C=1024, 476x854, 67x121 grid, 512 / 1024 / 1024 pairs (the reference).
+* ``ref238``: C=1024, 238x322, T=24, 512 / 1024 / 1024 pairs: the shape at which
+  ``../shared/tools/ref_train_bench.py`` times the official training loop on a CPU.
 
 Rows:
 * with ``--baseline DIR`` (CPU): the whole step (sample, EMA teacher update, all losses incl. refined-BB and
@@ -62,6 +64,8 @@ SHAPES = {
     "demo": dict(dim=256, hw=(112, 154), patch=14, stride=7, pairs=(256, 256, 256), frames=24, features=False),
     "quick_cpu": dict(dim=384, hw=(238, 427), patch=14, stride=7, pairs=(256, 256, 256), frames=16, features=True),
     "paper": dict(dim=1024, hw=(476, 854), patch=14, stride=7, pairs=(512, 1024, 1024), frames=16, features=True),
+    # ../shared/tools/ref_train_bench.py's CPU shape: the official loop at 238x322, 24 frames, its pair counts
+    "ref238": dict(dim=1024, hw=(238, 322), patch=14, stride=7, pairs=(512, 1024, 1024), frames=24, features=True),
 }
 
 

@@ -88,3 +88,19 @@ def test_bad_args():
         make_synthetic_video(num_frames=1)
     with pytest.raises(ValueError):
         make_synthetic_video(height=8)
+
+
+def test_saturation_calms_the_colours_and_keeps_geometry_and_brightness():
+    full = make_synthetic_video(num_frames=4, seed=3)
+    again = make_synthetic_video(num_frames=4, seed=3, saturation=1.0)
+    calm = make_synthetic_video(num_frames=4, seed=3, saturation=0.4)
+    assert np.array_equal(full.frames, again.frames)
+    for key in ("tracks", "occluded", "query_frames", "masks", "layer_ids"):
+        assert np.array_equal(getattr(full, key), getattr(calm, key)), key
+    luma = np.array([0.299, 0.587, 0.114])
+    # brightness kept up to the uint8 rounding (and the bilinear remap of rounded textures)
+    assert np.abs(full.frames @ luma - calm.frames @ luma).max() < 2.5
+    chroma = lambda f: (f.astype(float) - (f @ luma)[..., None]).std()  # noqa: E731
+    assert 0.3 < chroma(calm.frames) / chroma(full.frames) < 0.5
+    with pytest.raises(ValueError, match="saturation"):
+        make_synthetic_video(num_frames=2, saturation=1.5)

@@ -132,3 +132,17 @@ def test_run_features_through_the_cli(shared_data, tmp_path, monkeypatch):
     cfg.end = 5
     with pytest.raises(ValueError, match="own video"):
         run(cfg)
+
+
+def test_missing_inputs_fail_in_one_line_before_torch_loads(tmp_path):
+    code = ("import runpy, sys\n"
+            "sys.argv = ['segtrack'] + sys.argv[1:]\n"
+            "try:\n    runpy.run_module('dinotracker.segtrack', run_name='__main__')\n"
+            "except SystemExit as e:\n    print('torch loaded:', 'torch' in sys.modules); raise\n")
+    for args, what in ((["video=/missing/clip.mp4", f"out={tmp_path}"], "video not found: /missing/clip.mp4"),
+                       ([f"video={tmp_path}", "mask=/missing/m.png", f"out={tmp_path}"],
+                        "first-frame mask not found: /missing/m.png")):
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO_ROOT)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines() == [f"error: {what} ({args[0 if 'video' in what else 1].split('=')[0]}=)"]
+        assert "torch loaded: False" in r.stdout

@@ -72,3 +72,27 @@ def test_demo_offline_fallback_explains_why(tmp_path, monkeypatch):
     monkeypatch.setenv("DINOTRACKER_WEIGHTS_URL", "http://127.0.0.1:9")  # refused at once
     overrides, why = demo.pick_backbone(download=True, timeout=2)
     assert overrides[0] == "backbone=none" and "flow-chaining baseline" in why
+
+
+@pytest.mark.slow
+def test_demo_command_runs_offline_with_calm_colours(tmp_path):
+    """``python -m dinotracker.demo`` (what ``make demo`` runs) end to end on a tiny schedule, offline."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    tiny = ["video.num_frames=6", "video.height=64", "video.width=96", "video.num_points=24", "trainer.max_steps=2",
+            "preprocess.short_side=56", "data.flow_pairs=32", "data.bb_pairs=32", "data.cycle_pairs=32",
+            "model.delta_channels=[8,8,8]", "track.grid_step=32", "logger=csv", f"paths.cache_dir={tmp_path / 'c'}"]
+    env = {**os.environ, "DINOTRACKER_OFFLINE": "1", "DINOTRACKER_WEIGHTS": str(tmp_path / "none")}
+    r = subprocess.run([sys.executable, "-m", "dinotracker.demo", *tiny], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[demo] backbone: none" in r.stdout and "[demo] done: run folder runs/demo/" in r.stdout
+    (run,) = (tmp_path / "runs" / "demo").iterdir()
+    names = sorted(p.name for p in run.iterdir())
+    assert {"report.md", "tracks.npz", "metrics.json", "tracker.pt"} <= set(names), names
+    cfg = (run / ".hydra" / "config.yaml").read_text() if (run / ".hydra").is_dir() else json.dumps(
+        json.loads((run / "run_info.json").read_text()))
+    assert "saturation: 0.4" in cfg or '"saturation": 0.4' in cfg

@@ -297,8 +297,8 @@ class DinoTracker(nn.Module):
             self.refiner.load_state_dict(sd, strict=strict)
 
     # ----------------------------------------------------------------- features
-    def refine(self, frames: torch.Tensor, raw_features: torch.Tensor,
-               chunk_size: int | None = None, lora_prefix: torch.Tensor | None = None) -> torch.Tensor:
+    def refine(self, frames: torch.Tensor, raw_features: torch.Tensor, chunk_size: int | None = None,
+               lora_prefix: torch.Tensor | None = None, num_real: int | None = None) -> torch.Tensor:
         """Refined features F = raw + Delta(frames) aligned to the patch grid (paper Eq. 1).
 
         frames [B, 3, H, W] float in [0, 1] (uint8 is divided by 255), at ``model_hw``;
@@ -309,6 +309,11 @@ class DinoTracker(nn.Module):
         features are the LoRA-adapted backbone's features of ``frames`` (``raw_features`` then only
         fixes the expected shape); ``lora_prefix`` (the frames' cached
         :meth:`~dinotracker.models.lora.LoRAFeatures.prefix` tokens) skips the frozen blocks.
+        ``num_real``: only the first ``num_real`` frames are real, the rest pad the batch to a fixed size
+        (``data.static_frames``): Delta-DINO's train-mode BatchNorm statistics then count the real frames only
+        (:func:`~dinotracker.models.delta_dino.masked_batch_norm`), so they get the features a batch of the
+        real frames alone gives (up to float rounding); a chunk of padding only gets Delta = 0, the padding's
+        features are not meant to be used. None = all frames are real.
         """
         if raw_features.dim() != 4 or raw_features.shape[1] != self.feature_dim:
             raise ValueError(f"raw_features must be [B, {self.feature_dim}, h, w], got "
@@ -337,9 +342,18 @@ class DinoTracker(nn.Module):
             frames = frames.float() / 255.0
         n = frames.shape[0]
         step = n if chunk_size is None else max(1, int(chunk_size))
+        real = n if num_real is None else int(num_real)
+        if not 1 <= real <= n:
+            raise ValueError(f"num_real must be in [1, {n}], got {num_real}")
         outs = []
         for i in range(0, n, step):
-            d = self.delta_dino(frames[i:i + step])
+            chunk = frames[i:i + step]
+            k = min(max(real - i, 0), chunk.shape[0])  # real frames in this chunk (they come first)
+            if k == 0:  # padding only: no statistics to take, Delta = 0
+                outs.append(chunk.new_zeros((chunk.shape[0], self.delta_dino.out_dim, *self.grid_hw)))
+                continue
+            valid = None if k == chunk.shape[0] else torch.arange(chunk.shape[0], device=chunk.device) < k
+            d = self.delta_dino(chunk, frame_valid=valid)
             outs.append(align_to_patch_grid(d, self.grid_hw, self.patch, self.stride,
                                             cnn_stride=self.delta_dino.cnn_stride, mode=self.align_mode))
         delta = torch.cat(outs) if len(outs) > 1 else outs[0]

@@ -395,23 +395,30 @@ def cycle_consistency_loss(pred_fwd_xy: torch.Tensor, pred_bwd_xy: torch.Tensor,
 
 
 # --------------------------------------------------------------------------- prior
-def prior_terms(refined: torch.Tensor, raw: torch.Tensor, dim: int = -3,
-                eps: float = COS_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+def prior_terms(refined: torch.Tensor, raw: torch.Tensor, dim: int = -3, eps: float = COS_EPS,
+                valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(L_norm, L_angle) of refined F vs raw Φ, channel axis ``dim`` ([..., C, h, w] by default).
 
     L_norm = mean |‖F‖ / ‖Φ‖ - 1|, L_angle = mean |cos(F, Φ) - 1|, means over all other
     positions (all cells of all frames). Denominators are clamped at ``eps`` (the reference
     divides unguarded; a zero raw feature, e.g. ``backbone=none``, would give NaN there -
-    disable the prior for such backbones).
+    disable the prior for such backbones). ``valid`` bool [F] (maps [F, C, h, w]): the means run over the
+    valid frames only (``data.static_frames`` padding is excluded), as masked sums.
     """
     if refined.shape != raw.shape:
         raise ValueError(f"refined {tuple(refined.shape)} and raw {tuple(raw.shape)} differ")
     f, p = refined.float(), raw.detach().float()
     nf, npr = f.norm(dim=dim), p.norm(dim=dim)
-    l_norm = (nf / npr.clamp_min(eps) - 1.0).abs().mean()
+    d_norm = (nf / npr.clamp_min(eps) - 1.0).abs()
     cos = (f * p).sum(dim=dim) / (nf * npr).clamp_min(eps)
-    l_angle = (cos - 1.0).abs().mean()
-    return l_norm, l_angle
+    d_angle = (cos - 1.0).abs()
+    if valid is None:
+        return d_norm.mean(), d_angle.mean()
+    if valid.shape != d_norm.shape[:1]:
+        raise ValueError(f"valid must be [{d_norm.shape[0]}] (one flag per frame), got {tuple(valid.shape)}")
+    w = valid.to(d_norm.dtype).reshape(-1, *([1] * (d_norm.dim() - 1)))
+    n = w.sum() * (d_norm[0].numel())
+    return (w * d_norm).sum() / n, (w * d_angle).sum() / n
 
 
 def prior_loss(refined: torch.Tensor, raw: torch.Tensor, norm_weight: float = 1.0, angle_weight: float = 1.0,

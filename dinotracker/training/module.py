@@ -189,15 +189,18 @@ class DinoTrackerModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     # ------------------------------------------------------------------ features / tracking
-    def refine(self, slots: torch.Tensor, tracker: DinoTracker | None = None) -> torch.Tensor:
-        """Refined features [F, C, h, w] of video frames ``slots`` int [F] (with grad for the student)."""
+    def refine(self, slots: torch.Tensor, tracker: DinoTracker | None = None,
+               num_real: int | None = None) -> torch.Tensor:
+        """Refined features [F, C, h, w] of video frames ``slots`` int [F] (with grad for the student).
+        ``num_real``: only the first ``num_real`` slots are real frames, the rest padding
+        (``data.static_frames``; see :meth:`DinoTracker.refine`)."""
         tracker = self.tracker if tracker is None else tracker
         frames = self.frames[slots].float() / 255.0
         if self.model_cfg["channels_last"]:
             frames = frames.contiguous(memory_format=torch.channels_last)
         prefix = None if self.lora_prefix is None else self.lora_prefix[slots]
         return tracker.refine(frames, self.features[slots], chunk_size=self.model_cfg["refine_chunk"],
-                              lora_prefix=prefix)
+                              lora_prefix=prefix, num_real=num_real)
 
     def track(self, tracker: DinoTracker, maps: torch.Tensor, src: torch.Tensor, xy: torch.Tensor,
               dst: torch.Tensor, rows: torch.Tensor | None = None, unit_maps: torch.Tensor | None = None,
@@ -267,8 +270,12 @@ class DinoTrackerModule(L.LightningModule):
         """Total loss and the unweighted terms (detached) of one step. ``step`` gates the late losses."""
         lc = self.loss_cfg
         slots = batch.frames
+        # data.static_frames: slots past real_frames pad the step to data.max_frames; no pair uses them, the
+        # BatchNorm statistics and the prior exclude them
+        real = batch.real_frames if batch.real_frames is not None and batch.real_frames < len(slots) else None
+        frame_valid = None if real is None else torch.arange(len(slots), device=slots.device) < real
         raw = self.features[slots]
-        maps = self.refine(slots)  # [F, C, h, w], the only Delta-DINO forward with grad
+        maps = self.refine(slots, num_real=real)  # [F, C, h, w], the only Delta-DINO forward with grad
         rows = point_rows(maps)  # shared by every loss's point sampling
         unit = normalized_maps(maps)  # shared by every cost volume of the step (flow, cycle)
         total = maps.new_zeros((), dtype=torch.float32)
@@ -294,7 +301,7 @@ class DinoTrackerModule(L.LightningModule):
 
         pc = lc["prior"]
         if pc["enabled"] and (float(pc["norm_weight"]) or float(pc["angle_weight"])) and step >= int(pc["start"]):
-            l_norm, l_angle = LS.prior_terms(maps, raw)
+            l_norm, l_angle = LS.prior_terms(maps, raw, valid=frame_valid)
             total = total + pc["norm_weight"] * l_norm + pc["angle_weight"] * l_angle
             terms["prior_norm"], terms["prior_angle"] = l_norm.detach(), l_angle.detach()
 
@@ -310,7 +317,7 @@ class DinoTrackerModule(L.LightningModule):
 
         cy = batch.cycle
         if self._active("cycle", step) and len(cy):
-            v, extra = self._cycle_loss(maps, rows, slots, cy, unit)
+            v, extra = self._cycle_loss(maps, rows, slots, cy, unit, real)
             total = total + lc["cycle"]["weight"] * v
             terms["cycle"] = v.detach()
             terms.update(extra)
@@ -353,7 +360,7 @@ class DinoTrackerModule(L.LightningModule):
             valid.reshape(-1)
 
     def _cycle_loss(self, maps: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, cy: Correspondences,
-                    unit: torch.Tensor | None = None):
+                    unit: torch.Tensor | None = None, num_real: int | None = None):
         """L_cyc on all of ``cy``'s points with the points over the cycle threshold masked out (fixed
         shapes, no host sync): the kept subset's value and gradients. No point kept gives 0 (the
         reference re-draws forever; the term used to be skipped, the same zero)."""
@@ -364,7 +371,7 @@ class DinoTrackerModule(L.LightningModule):
                 lunit = None if unit is None else unit.detach()
             else:
                 labeller = self.teacher
-                lmaps = self.refine(slots, self.teacher)
+                lmaps = self.refine(slots, self.teacher, num_real)
                 lrows = point_rows(lmaps)
                 lunit = normalized_maps(lmaps)
             fwd = self.track(labeller, lmaps, cy.src_slot, cy.src_xy, cy.dst_slot, lrows, lunit, cy.dst_counts)
@@ -447,7 +454,8 @@ class DinoTrackerModule(L.LightningModule):
         self.log("train/loss", total, prog_bar=True, batch_size=1)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=1)
         # a device scalar made on the device (a Python float would be copied from the host: a sync)
-        self.log("train/frames", total.detach().new_full((), float(len(batch.frames))), batch_size=1)
+        nf = len(batch.frames) if batch.real_frames is None else batch.real_frames
+        self.log("train/frames", total.detach().new_full((), float(nf)), batch_size=1)
         return {"loss": total, "terms": terms}
 
     # ------------------------------------------------------------------ non-finite loss check

@@ -130,7 +130,12 @@ class RegionPairs(_ToMixin):
 
 @dataclass
 class Batch(_ToMixin):
-    """One training step's samples. ``frames`` int64 [F] sorted distinct video frame indices (F <= 8)."""
+    """One training step's samples. ``frames`` int64 [F] sorted distinct video frame indices (F <= 8).
+
+    ``real_frames`` (``data.static_frames``): only ``frames[:real_frames]`` are the step's frames (sorted,
+    distinct, the ones every slot field indexes); the rest repeat ``frames[0]`` to pad F to ``max_frames``,
+    and the step leaves them out of its BatchNorm statistics and losses. None: every frame is real.
+    """
 
     step: int
     frames: torch.Tensor
@@ -138,6 +143,7 @@ class Batch(_ToMixin):
     dino_bb: Correspondences
     refined_bb: RegionPairs
     cycle: Correspondences
+    real_frames: int | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -241,12 +247,15 @@ class CorrespondenceSampler:
             False draws distinct frames, spec §7.1).
         max_redraws: bound on the flow frame re-draws when < 2 trajectories qualify (the
             reference loops forever).
+        static_frames: pad every step's frames to exactly ``max_frames`` (repeats of its first frame,
+            :attr:`Batch.real_frames` says how many are real) so that Delta-DINO always sees the same batch
+            size; the draws and the losses stay those of the real frames (see ``conf/data/default.yaml``).
     """
 
     def __init__(self, video: PreprocessedVideo, flow_pairs: int = 512, fg_ratio: float = 0.5,
                  flow_frames: int = 4, bb_pairs: int = 1024, bb_frame_pairs: int = 4, cycle_pairs: int = 1024,
                  cycle_frame_pairs: int = 4, region_fg_ratio: float = 0.7, max_frames: int = 8, seed: int = 0,
-                 region_same_frame: bool = True, max_redraws: int = 100):
+                 region_same_frame: bool = True, max_redraws: int = 100, static_frames: bool = False):
         for name, v in (("flow_pairs", flow_pairs), ("bb_pairs", bb_pairs), ("cycle_pairs", cycle_pairs),
                         ("bb_frame_pairs", bb_frame_pairs), ("cycle_frame_pairs", cycle_frame_pairs)):
             if int(v) < 0:
@@ -269,6 +278,7 @@ class CorrespondenceSampler:
         self.region_fg_ratio, self.max_frames = float(region_fg_ratio), int(max_frames)
         self.seed, self.max_redraws = int(seed), int(max_redraws)
         self.region_same_frame = bool(region_same_frame)
+        self.static_frames = bool(static_frames)
         self.next_step = 0
 
         # trajectories: rows valid in >= 2 frames (the reference drops shorter ones), fg / bg
@@ -366,10 +376,16 @@ class CorrespondenceSampler:
         frames = torch.unique(used) if len(used) else torch.unique(torch.cat([fr_fg, fr_bg]))
         flow.src_slot = torch.searchsorted(frames, flow.src_slot)  # frame index -> slot
         flow.dst_slot = torch.searchsorted(frames, flow.dst_slot)
+        dino_bb = self._dino_bb(frames, g)  # draws in this order (the generator's stream)
+        refined_bb = self._refined_pairs(frames, g)
+        cycle = self._cycle(frames, g)
+        real = None
+        if self.static_frames:  # padding after every draw: the same samples as without it
+            real = len(frames)
+            frames = torch.cat([frames, frames[:1].expand(max(self.max_frames - real, 0))])
         nf = len(frames)  # per-slot pair counts, on the host: the step splits its matmuls by them
-        return Batch(step=int(step), frames=frames, flow=flow.with_counts(nf),
-                     dino_bb=self._dino_bb(frames, g).with_counts(nf),
-                     refined_bb=self._refined_pairs(frames, g), cycle=self._cycle(frames, g).with_counts(nf))
+        return Batch(step=int(step), frames=frames, flow=flow.with_counts(nf), dino_bb=dino_bb.with_counts(nf),
+                     refined_bb=refined_bb, cycle=cycle.with_counts(nf), real_frames=real)
 
     def _flow_group(self, which: int, n: int, k: int, g: torch.Generator, first_frames=None, pool=None):
         """Flow pairs of one group (0 fg, 1 bg). Returns (Correspondences with *frame indices* in the

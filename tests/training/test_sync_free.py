@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import math
 import traceback
 
@@ -405,3 +406,52 @@ def test_step_matches_values_recorded_from_main(video):
     got["grad_refiner"] = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in m.tracker.head_parameters()))
     for k, v in MAIN_VALUES.items():
         assert got[k] == pytest.approx(v, rel=2e-5, abs=1e-9), k
+
+
+# ------------------------------------------------------------------ data.static_frames
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_static_frames_give_the_same_step(video, chunk):
+    """``data.static_frames`` pads the step's frames to ``max_frames`` with repeats of the first frame. The
+    draws are the same, and so are the losses, gradients and BatchNorm running statistics up to float
+    rounding: Delta-DINO's train-mode BatchNorm counts the real frames only (``masked_batch_norm``; with
+    ``model.refine_chunk`` a chunk of padding only gets Delta = 0), the prior's means too, and no pair uses a
+    padding slot. (Padding with plain BatchNorm would change every refined feature: the statistics would
+    include the repeated frame.)"""
+    base = _perturbed(video, model={"refine_chunk": chunk})
+    plain = CorrespondenceSampler(video, seed=5, **SMALL)
+    static = CorrespondenceSampler(video, seed=5, static_frames=True, **SMALL)
+    sizes = set()
+    for k in (0, 2):  # 6 and 5 real frames: with chunks of 2 a full, a mixed and a padding-only chunk
+        a, b = plain.sample(k), static.sample(k)
+        nf = len(a.frames)
+        sizes.add(nf)
+        assert len(b.frames) == 8 and b.real_frames == nf < 8 and torch.equal(b.frames[:nf], a.frames)
+        assert (b.frames[nf:] == a.frames[0]).all()
+        for name in ("flow", "dino_bb", "cycle"):
+            assert torch.equal(getattr(a, name).src_slot, getattr(b, name).src_slot), name
+        assert torch.equal(a.refined_bb.priority, b.refined_bb.priority)
+        ma, mb = copy.deepcopy(base), copy.deepcopy(base)
+        ta, la = ma.compute_losses(a, 0)
+        tb, lb = mb.compute_losses(b, 0)
+        assert set(la) == set(lb)
+        for name, v in la.items():
+            assert float(lb[name]) == pytest.approx(float(v), rel=1e-5, abs=1e-9), name
+        ga, gb = _grads(ma, ta), _grads(mb, tb)
+        for n, g in ga.items():
+            w = ga.get(n.rsplit(".", 1)[0] + ".weight")
+            scale = max(float(g.norm()), float(w.norm()) if w is not None else 0.0, 1e-30)
+            assert float((gb[n] - g).norm()) <= 1e-4 * scale, (n, float((gb[n] - g).norm()) / scale)
+        for (n, x), (_, y) in zip(ma.tracker.named_buffers(), mb.tracker.named_buffers()):
+            torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-7, msg=n)
+        assert not any(torch.equal(x, y) for (n, x), (_, y) in zip(base.tracker.named_buffers(),
+                                                                   ma.tracker.named_buffers()) if "running" in n)
+    assert sizes == {5, 6}
+
+
+def test_static_frames_step_makes_no_host_sync(video, tmp_path):
+    m = _module(video, cls=_Recorded)
+    tr = L.Trainer(accelerator="cpu", devices=1, max_steps=3, max_epochs=-1, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                   enable_checkpointing=False, default_root_dir=str(tmp_path))
+    tr.fit(m, CorrespondenceDataModule(video, seed=0, static_frames=True, **SMALL))
+    assert m.rec is not None and not m.rec.events, dict(m.rec.events)

@@ -30,6 +30,19 @@ lives in ``self.teacher`` and is saved in checkpoints and by :meth:`export`.
 Resume: the checkpoint holds the tracker, teacher, optimizer, scheduler, global step and (via
 the DataModule) the sampler state; the step itself uses no other randomness, so a resumed run
 ends bit-identical to an uninterrupted one on the same device.
+
+**No host sync** (issue 13). ``training_step`` (forward, logging, and its backward) never reads a device
+value back nor copies host data to the device, so on a GPU the host queues the whole step without waiting
+(``tests/training/test_sync_free.py`` records every such call; 0, from 59 before). What the sampler knows
+on the host travels in the :class:`~dinotracker.training.sampler.Batch` as Python ints (per-frame pair
+counts that split the per-frame matmuls, the refined-BB frame slots); data-dependent subsets are fixed-size
+masks: the refined best buddies are ``n_fg + n_bg`` candidate slots per frame pair (the highest-priority
+mutual neighbours, the rest masked out), the cycle loss runs on every query point with the ones over the
+threshold weighted 0 (no point kept gives 0, the value the old skip gave). The values equal the list form's
+up to float summation order (tested against it and against values recorded from the old code). The price is
+compute on the masked slots (the cycle loss tracks all points, not only the kept ones). The non-finite-loss
+check reads the loss back, so it runs outside the step (:meth:`check_finite`). ``data.static_frames`` also
+fixes the frame count (padding excluded from BatchNorm and losses).
 """
 
 from __future__ import annotations

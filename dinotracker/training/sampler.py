@@ -19,6 +19,10 @@ among them, every minibatch the losses need:
 Everything is torch indexing (no per-point Python loop; the reference loops over every point
 every step). Coordinates are model-resolution raster (x, y) px (:mod:`dinotracker.geometry`).
 
+The batch also carries what the sampler knows on the host as Python ints (per-slot pair counts of every
+:class:`Correspondences`, the refined-BB frame slots), so that the training step, on a GPU, never reads the
+device back to learn them (issue 13).
+
 **Determinism / resume.** The draw of step ``k`` uses a ``torch.Generator`` seeded from
 ``(seed, k)``, so a batch is a pure function of the step. This makes resume exact regardless of
 Lightning's one-batch prefetch (a stateful generator would have advanced past the checkpointed

@@ -36,7 +36,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dinotracker.config import module_options
-from dinotracker.models.tracker import normalized_maps, point_rows
+from dinotracker.models.tracker import grouped_matmul, normalized_maps, point_rows, slot_counts
 from dinotracker.training import losses as LS
 from dinotracker.training.datamodule import CorrespondenceDataModule, toy_preprocessed_video
 from dinotracker.training.module import DinoTrackerModule
@@ -362,6 +362,19 @@ def test_select_region_cells_equals_select_region_pairs():
         rows = torch.arange(p)[:, None].expand_as(cells)
         assert list(zip(rows[valid].tolist(), cells[valid].tolist())) == want
         assert cand.gather(1, cells)[valid].all()
+
+
+def test_grouped_matmul_with_host_counts():
+    g = torch.Generator().manual_seed(0)
+    rows, mats = torch.randn(30, 6, generator=g), torch.randn(4, 6, 5, generator=g)
+    idx = torch.randint(0, 4, (30,), generator=g)
+    idx[idx == 2] = 0  # a map no row uses
+    counts = slot_counts(idx, 4)
+    assert counts[2] == 0 and sum(counts) == 30
+    assert torch.equal(grouped_matmul(rows, mats, idx, counts), grouped_matmul(rows, mats, idx))
+    for bad in (counts[:3], (*counts[:3], counts[3] + 1)):
+        with pytest.raises(ValueError, match="counts must be"):
+            grouped_matmul(rows, mats, idx, bad)
 
 
 def test_batch_carries_host_side_slot_counts(video):

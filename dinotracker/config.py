@@ -379,6 +379,7 @@ def validate_data(data, where: str = "data") -> None:
         _fail(where, "max_frames", data["max_frames"], f"must be >= {where}.flow_frames ({frames})")
     _bool(data, "region_same_frame", where)
     _int(data, "max_redraws", where, 1)
+    _bool(data, "static_frames", where)
 
 
 def validate_trainer(trainer, where: str = "trainer") -> None:

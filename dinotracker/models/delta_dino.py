@@ -82,6 +82,39 @@ def _nnpack_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return y[:, :, :ho, :wo]
 
 
+def masked_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Train-mode ``bn(x)`` whose batch statistics (and running-statistics update) count only the frames
+    ``valid`` (bool [B]); the other frames are normalised with them too and are meant to be ignored.
+
+    The valid frames get what ``bn`` applied to them alone gives, up to float rounding (the statistics are
+    combined from per-frame ``var_mean``: the mean of the valid frames' means and the mean of their variances
+    plus squared mean offsets, the exact pooled biased variance; the fused kernel sums in another order).
+    Fixed shapes and no host sync whatever ``valid`` holds; at least one frame must be valid. Costs a few
+    more full-size temporaries than the fused kernel.
+    """
+    w = valid.to(x.dtype)[:, None]  # [B, 1]
+    n = w.sum()
+    var_f, mean_f = torch.var_mean(x, dim=(2, 3), correction=0)  # [B, C] per frame
+    mean = (w * mean_f).sum(0) / n
+    var = (w * (var_f + (mean_f - mean).square())).sum(0) / n  # pooled biased variance
+    if bn.track_running_stats and bn.momentum != 0.0:  # the teacher's momentum 0 leaves them exactly as they are
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            # momentum None: the cumulative average (1 / batches seen), computed on the device
+            m = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked.to(x.dtype)
+            cnt = n * (x.shape[2] * x.shape[3])
+            unbiased = var * (cnt / (cnt - 1).clamp(min=1))
+            # through .data, like the fused kernel's own update: an earlier chunk's BatchNorm saved these buffers
+            # for its backward, and a tracked in-place change would fail that backward's version check
+            bn.running_mean.data.mul_(1 - m).add_(mean.detach() * m)
+            bn.running_var.data.mul_(1 - m).add_(unbiased.detach() * m)
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        scale = scale * bn.weight
+    y = (x - mean[None, :, None, None]) * scale[None, :, None, None]
+    return y + bn.bias[None, :, None, None] if bn.affine else y
+
+
 class DeltaDINO(nn.Module):
     """Residual feature CNN of DINO-Tracker (paper Eq. 1 and App. A.3; reference ``DeltaDINO``).
 
@@ -138,7 +171,10 @@ class DeltaDINO(nn.Module):
             h, w = (h + 1) // 2, (w + 1) // 2
         return h, w
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, frame_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``frame_valid`` bool [B] (padding frames False, e.g. ``data.static_frames``): the train-mode
+        BatchNorm statistics count the valid frames only (:func:`masked_batch_norm`), so their outputs are
+        those of a batch of the valid frames alone; None = every frame (the fused BatchNorm)."""
         if images.dim() != 4 or images.shape[1] != self.layers[0].in_channels:
             raise ValueError(f"expected images [B, {self.layers[0].in_channels}, H, W], got "
                              f"{tuple(images.shape)}")
@@ -155,6 +191,8 @@ class DeltaDINO(nn.Module):
                     ph, pw = layer.padding
                     x = F.pad(x, (pw, pw, ph, ph))
                 x = _nnpack_conv(x, layer.weight, layer.bias, layer.dilation[0])
+            elif frame_valid is not None and isinstance(layer, nn.BatchNorm2d) and layer.training:
+                x = masked_batch_norm(layer, x, frame_valid)
             else:
                 x = layer(x)
         return x

@@ -90,19 +90,35 @@ def point_features(maps: torch.Tensor, frame_index: torch.Tensor, xy: torch.Tens
     return gather_points(rows, tuple(maps.shape[-2:]), frame_index, xy, patch, stride)
 
 
-def grouped_matmul(rows: torch.Tensor, mats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def slot_counts(index: torch.Tensor, num: int) -> tuple[int, ...]:
+    """Host-side ``bincount(index, minlength=num)`` as a tuple of ints, the ``counts`` of
+    :func:`grouped_matmul`. Reads ``index`` back, so call it where the index lives on the host (the
+    sampler does, for every index of a :class:`~dinotracker.training.sampler.Batch`)."""
+    return tuple(torch.bincount(index.long().cpu(), minlength=num).tolist())
+
+
+def grouped_matmul(rows: torch.Tensor, mats: torch.Tensor, index: torch.Tensor,
+                   counts: tuple[int, ...] | None = None) -> torch.Tensor:
     """``out[m] = rows[m] @ mats[index[m]]``: rows [M, K], mats [F, K, N], index int [M] -> [M, N].
 
     The rows are sorted by ``index`` (stable) and each frame's contiguous block is one matmul, so a step
     costs one sort, one gather, <= F matmuls and one scatter (``index_copy``, whose backward is a gather),
     never an [M, K, N] gather. The result equals a per-frame loop's (the same rows meet the same matrix).
+
+    ``counts`` (F ints, ``counts[f]`` = how many rows have ``index == f``; :func:`slot_counts`): the block
+    sizes, known on the host (the training step's indices come from the CPU sampler), so the split reads
+    nothing back from the device. Without it they are counted here (``bincount(...).tolist()``: a host
+    sync on an accelerator). Wrong counts give wrong results; they are checked only against F and M.
     """
     m, n = rows.shape[0], mats.shape[-1]
     if m == 0:
         return rows.new_zeros(0, n)
     index = index.long()
     order = torch.argsort(index, stable=True)
-    counts = torch.bincount(index, minlength=mats.shape[0]).tolist()
+    if counts is None:
+        counts = torch.bincount(index, minlength=mats.shape[0]).tolist()
+    elif len(counts) != mats.shape[0] or sum(counts) != m:
+        raise ValueError(f"counts must be {mats.shape[0]} ints summing to {m} rows, got {tuple(counts)}")
     srt = rows[order]
     parts, a = [], 0
     for k, cnt in enumerate(counts):
@@ -122,8 +138,8 @@ def normalized_maps(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 def cosine_cost_volume(query: torch.Tensor, target_maps: torch.Tensor, eps: float = 1e-8,
-                       target_normalized: bool = False,
-                       target_index: torch.Tensor | None = None) -> torch.Tensor:
+                       target_normalized: bool = False, target_index: torch.Tensor | None = None,
+                       target_counts: tuple[int, ...] | None = None) -> torch.Tensor:
     """Cosine similarity of ``query`` [..., C] with every cell of ``target_maps`` [..., C, h, w].
 
     Leading dims broadcast; returns fp32 [..., h, w]. Dims along which only the query varies
@@ -148,7 +164,7 @@ def cosine_cost_volume(query: torch.Tensor, target_maps: torch.Tensor, eps: floa
             t = target_maps.float().reshape(f, c, h * w)
             if not target_normalized:
                 t = t / t.norm(dim=1, keepdim=True).clamp_min(eps)
-            return grouped_matmul(q, t, target_index).reshape(-1, h, w)
+            return grouped_matmul(q, t, target_index, target_counts).reshape(-1, h, w)
     with no_autocast(query.device):
         c, h, w = target_maps.shape[-3:]
         q = query.float()
@@ -227,6 +243,14 @@ class DinoTracker(nn.Module):
         self.lora: LoRAFeatures | None = None
         centers = patch_center_grid(self.grid_hw, self.patch, self.stride).reshape(-1, 2)
         self.register_buffer("centers", centers, persistent=False)  # [h*w, 2] raster (x, y)
+        # (row, col) offsets of the cells within ``radius`` of a centre cell, [2, K'] (soft_argmax's disc):
+        # built here on the host, so that a step never selects them with a mask on the device
+        k = int(self.radius // self.stride)
+        off = torch.arange(-k, k + 1)
+        dr, dc = torch.meshgrid(off, off, indexing="ij")
+        disc = ((dr * dr + dc * dc) * self.stride ** 2 <= self.radius ** 2).reshape(-1)
+        self.register_buffer("disc_offsets", torch.stack([dr.reshape(-1)[disc], dc.reshape(-1)[disc]]),
+                             persistent=False)
 
     # ----------------------------------------------------------------- parameters
     def delta_parameters(self) -> list[nn.Parameter]:
@@ -273,8 +297,8 @@ class DinoTracker(nn.Module):
             self.refiner.load_state_dict(sd, strict=strict)
 
     # ----------------------------------------------------------------- features
-    def refine(self, frames: torch.Tensor, raw_features: torch.Tensor,
-               chunk_size: int | None = None, lora_prefix: torch.Tensor | None = None) -> torch.Tensor:
+    def refine(self, frames: torch.Tensor, raw_features: torch.Tensor, chunk_size: int | None = None,
+               lora_prefix: torch.Tensor | None = None, num_real: int | None = None) -> torch.Tensor:
         """Refined features F = raw + Delta(frames) aligned to the patch grid (paper Eq. 1).
 
         frames [B, 3, H, W] float in [0, 1] (uint8 is divided by 255), at ``model_hw``;
@@ -285,6 +309,11 @@ class DinoTracker(nn.Module):
         features are the LoRA-adapted backbone's features of ``frames`` (``raw_features`` then only
         fixes the expected shape); ``lora_prefix`` (the frames' cached
         :meth:`~dinotracker.models.lora.LoRAFeatures.prefix` tokens) skips the frozen blocks.
+        ``num_real``: only the first ``num_real`` frames are real, the rest pad the batch to a fixed size
+        (``data.static_frames``): Delta-DINO's train-mode BatchNorm statistics then count the real frames only
+        (:func:`~dinotracker.models.delta_dino.masked_batch_norm`), so they get the features a batch of the
+        real frames alone gives (up to float rounding); a chunk of padding only gets Delta = 0, the padding's
+        features are not meant to be used. None = all frames are real.
         """
         if raw_features.dim() != 4 or raw_features.shape[1] != self.feature_dim:
             raise ValueError(f"raw_features must be [B, {self.feature_dim}, h, w], got "
@@ -313,9 +342,18 @@ class DinoTracker(nn.Module):
             frames = frames.float() / 255.0
         n = frames.shape[0]
         step = n if chunk_size is None else max(1, int(chunk_size))
+        real = n if num_real is None else int(num_real)
+        if not 1 <= real <= n:
+            raise ValueError(f"num_real must be in [1, {n}], got {num_real}")
         outs = []
         for i in range(0, n, step):
-            d = self.delta_dino(frames[i:i + step])
+            chunk = frames[i:i + step]
+            k = min(max(real - i, 0), chunk.shape[0])  # real frames in this chunk (they come first)
+            if k == 0:  # padding only: no statistics to take, Delta = 0
+                outs.append(chunk.new_zeros((chunk.shape[0], self.delta_dino.out_dim, *self.grid_hw)))
+                continue
+            valid = None if k == chunk.shape[0] else torch.arange(chunk.shape[0], device=chunk.device) < k
+            d = self.delta_dino(chunk, frame_valid=valid)
             outs.append(align_to_patch_grid(d, self.grid_hw, self.patch, self.stride,
                                             cnn_stride=self.delta_dino.cnn_stride, mode=self.align_mode))
         delta = torch.cat(outs) if len(outs) > 1 else outs[0]
@@ -342,14 +380,14 @@ class DinoTracker(nn.Module):
 
     # ----------------------------------------------------------------- head
     def cost_volume(self, query_features: torch.Tensor, target_maps: torch.Tensor,
-                    target_normalized: bool = False,
-                    target_index: torch.Tensor | None = None) -> torch.Tensor:
+                    target_normalized: bool = False, target_index: torch.Tensor | None = None,
+                    target_counts: tuple[int, ...] | None = None) -> torch.Tensor:
         """ReLU(cosine) of query [..., C] against maps [..., C, h, w] -> fp32 [..., h, w] (eps 1e-8).
 
-        See :func:`cosine_cost_volume` for broadcasting and ``target_index``.
+        See :func:`cosine_cost_volume` for broadcasting, ``target_index`` and ``target_counts``.
         """
         return torch.relu(cosine_cost_volume(query_features, target_maps, target_normalized=target_normalized,
-                                             target_index=target_index))
+                                             target_index=target_index, target_counts=target_counts))
 
     def heatmap(self, cost: torch.Tensor) -> torch.Tensor:
         """Refiner (identity if disabled) then softmax over all h*w cells: [..., h, w] -> fp32 [..., h, w]."""
@@ -381,13 +419,9 @@ class DinoTracker(nn.Module):
             src = cost if self.coarse_from == "raw" else probs
             idx = src.detach().reshape(-1, h * w).argmax(dim=-1)
             r0, c0 = idx // w, idx % w
-            # Only a (2K+1)^2 window of cells can lie in the disc: gather it instead of
-            # computing distances to all h*w cells (memory N x 121 instead of N x 8107).
-            k = int(self.radius // self.stride)
-            off = torch.arange(-k, k + 1, device=p.device)
-            dr, dc = torch.meshgrid(off, off, indexing="ij")
-            disc = ((dr * dr + dc * dc) * self.stride ** 2 <= self.radius ** 2).reshape(-1)
-            dr, dc = dr.reshape(-1)[disc], dc.reshape(-1)[disc]
+            # Only a (2K+1)^2 window of cells can lie in the disc: gather its cells (``disc_offsets``)
+            # instead of computing distances to all h*w cells (memory N x 121 instead of N x 8107).
+            dr, dc = self.disc_offsets.to(p.device)
             rows, cols = r0[:, None] + dr[None], c0[:, None] + dc[None]  # [N, K']
             inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
             flat = rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)
@@ -402,14 +436,15 @@ class DinoTracker(nn.Module):
 
     def forward(self, query_features: torch.Tensor, target_maps: torch.Tensor,
                 target_normalized: bool = False, target_index: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                target_counts: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Track query features into target maps.
 
         query_features [..., C], target_maps [..., C, h, w] (leading dims broadcast) ->
         (xy [..., 2] raster model px, probs [..., h, w], cost [..., h, w]), all fp32.
-        With ``target_index`` [M]: query [M, C] against maps [F, C, h, w] picked per row.
+        With ``target_index`` [M]: query [M, C] against maps [F, C, h, w] picked per row (``target_counts``:
+        the rows per map, known on the host; see :func:`grouped_matmul`).
         """
         cost = self.cost_volume(query_features, target_maps, target_normalized=target_normalized,
-                                target_index=target_index)
+                                target_index=target_index, target_counts=target_counts)
         probs = self.heatmap(cost)
         return self.soft_argmax(probs, cost), probs, cost

@@ -40,7 +40,9 @@ def _xy_scale(model_hw: tuple[int, int], device, dtype=torch.float32) -> torch.T
     h, w = model_hw
     if h < 2 or w < 2:
         raise ValueError(f"model_hw must be at least 2x2, got {model_hw}")
-    return torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], device=device, dtype=dtype)
+    # made on the device from Python scalars: a host tensor (torch.tensor) would be a host-to-device copy
+    first = torch.arange(2, device=device) == 0
+    return torch.where(first, torch.full((2,), 2.0 / (w - 1), device=device, dtype=dtype), 2.0 / (h - 1))
 
 
 def _check_xy(name: str, xy: torch.Tensor) -> None:
@@ -85,17 +87,18 @@ def flow_loss(pred_xy: torch.Tensor, target_xy: torch.Tensor, model_hw: tuple[in
 
 # --------------------------------------------------------------------------- contrastive
 def _pair_cosines(query: torch.Tensor, maps: torch.Tensor, map_index: torch.Tensor,
-                  eps: float = COS_EPS) -> torch.Tensor:
+                  eps: float = COS_EPS, counts: tuple[int, ...] | None = None) -> torch.Tensor:
     """Cosine of query [M, C] with every cell of maps[map_index[m]] -> [M, h*w], fp32.
 
     The reference divides dot products by ``max(‖a‖‖b‖, eps)``, without a normalised copy
-    of the maps; so does this (per distinct map, no [M, C, h, w] gather).
+    of the maps; so does this (per distinct map, no [M, C, h, w] gather). ``counts``: the rows per
+    map, known on the host (:func:`~dinotracker.models.tracker.grouped_matmul`).
     """
     f, c, h, w = maps.shape
     with no_autocast(query.device):
         q = query.float()
         t = maps.float().reshape(f, c, h * w)
-        dots = grouped_matmul(q, t, map_index)  # one matmul per distinct map, no [M, C, h, w] gather
+        dots = grouped_matmul(q, t, map_index, counts)  # one matmul per distinct map, no [M, C, h, w] gather
         return dots / (q.norm(dim=-1)[:, None] * t.norm(dim=1)[map_index]).clamp_min(eps)
 
 
@@ -112,14 +115,16 @@ def _resolve_maps(target_maps: torch.Tensor, map_index: torch.Tensor | None, m: 
         map_index = torch.arange(m, device=target_maps.device)
     if map_index.shape != (m,):
         raise ValueError(f"map_index must be [{m}], got {tuple(map_index.shape)}")
-    if m and (int(map_index.min()) < 0 or int(map_index.max()) >= target_maps.shape[0]):
-        raise ValueError(f"map_index out of range [0, {target_maps.shape[0]})")
+    if m:  # checked on the device (no host sync): a RuntimeError on CPU, a device-side assert on a GPU
+        torch._assert_async(((map_index >= 0) & (map_index < target_maps.shape[0])).all(),
+                            f"map_index out of range [0, {target_maps.shape[0]})")
     return target_maps, map_index.long()
 
 
 def info_nce_terms(query_features: torch.Tensor, target_maps: torch.Tensor, target_xy: torch.Tensor,
                    patch: int, stride: int, temperature: float = 0.1,
-                   map_index: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+                   map_index: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+                   map_counts: tuple[int, ...] | None = None) -> torch.Tensor:
     """Per-pair InfoNCE l [M] (paper Sec. 3.3): ``-log exp(cos(q, f_t)/τ) / Σ_n exp(cos(q, T[n])/τ)``.
 
     query_features [M, C] (the source point's feature); target_maps [M, C, h, w], or [C, h, w]
@@ -128,7 +133,8 @@ def info_nce_terms(query_features: torch.Tensor, target_maps: torch.Tensor, targ
     which sit on patch centres); the denominator runs over all h*w cells, including the
     positive, as in the paper and the reference. Computed with logsumexp (the reference's
     ``-log(exp/Σexp)`` is the same value, less stable). ``rows`` (:func:`point_rows` of the [F, C, h, w]
-    maps) samples f_t with :func:`gather_points` (same values, a row-gather backward).
+    maps) samples f_t with :func:`gather_points` (same values, a row-gather backward). ``map_counts``:
+    how many rows use each map, known on the host (see :func:`_pair_cosines`).
     """
     if query_features.dim() != 2:
         raise ValueError(f"query_features must be [M, C], got {tuple(query_features.shape)}")
@@ -146,21 +152,30 @@ def info_nce_terms(query_features: torch.Tensor, target_maps: torch.Tensor, targ
     pos_f = point_features(maps, idx, target_xy, patch, stride, rows).float()
     q = query_features.float()
     pos = (q * pos_f).sum(-1) / (q.norm(dim=-1) * pos_f.norm(dim=-1)).clamp_min(COS_EPS)
-    logits = _pair_cosines(query_features, maps, idx) / temperature
+    logits = _pair_cosines(query_features, maps, idx, counts=map_counts) / temperature
     return torch.logsumexp(logits, dim=-1) - pos / temperature
 
 
-def _reduce(values: torch.Tensor, weights: torch.Tensor | None, divisor: float | None) -> torch.Tensor:
+def _reduce(values: torch.Tensor, weights: torch.Tensor | None, divisor: float | None,
+            valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``Σ w v / divisor`` or ``mean(w v)``; ``valid`` (bool, like ``values``) restricts both to the valid
+    entries as masks (the mean divides by their count, at least 1): the subset's value without indexing it."""
     if weights is not None:
         if weights.shape != values.shape:
             raise ValueError(f"weights must be {tuple(values.shape)}, got {tuple(weights.shape)}")
         values = values * weights.float()
+    if valid is not None:
+        if valid.shape != values.shape:
+            raise ValueError(f"valid must be {tuple(values.shape)}, got {tuple(valid.shape)}")
+        values = values * valid.to(values.dtype)
     if values.numel() == 0:
         return values.sum()
     if divisor is not None:
         if divisor <= 0:
             raise ValueError(f"divisor must be > 0, got {divisor}")
         return values.sum() / divisor
+    if valid is not None:
+        return values.sum() / valid.sum().clamp(min=1).to(values.dtype)
     return values.mean()
 
 
@@ -177,7 +192,7 @@ def info_nce_loss(query_features: torch.Tensor, target_maps: torch.Tensor, targe
 
 
 def _symmetric_bb(maps, src_index, src_xy, dst_index, dst_xy, weights, patch, stride, temperature, divisor,
-                  rows=None):
+                  rows=None, src_counts=None, dst_counts=None, valid=None):
     for name, t in (("src_xy", src_xy), ("dst_xy", dst_xy)):
         _check_xy(name, t)
     m = src_xy.shape[0]
@@ -189,9 +204,9 @@ def _symmetric_bb(maps, src_index, src_xy, dst_index, dst_xy, weights, patch, st
         return maps.sum() * 0.0
     f_src = point_features(maps, src_index.long(), src_xy, patch, stride, rows)
     f_dst = point_features(maps, dst_index.long(), dst_xy, patch, stride, rows)
-    l_st = info_nce_terms(f_src, maps, dst_xy, patch, stride, temperature, dst_index.long(), rows)
-    l_ts = info_nce_terms(f_dst, maps, src_xy, patch, stride, temperature, src_index.long(), rows)
-    return 0.5 * (_reduce(l_st, weights, divisor) + _reduce(l_ts, weights, divisor))
+    l_st = info_nce_terms(f_src, maps, dst_xy, patch, stride, temperature, dst_index.long(), rows, dst_counts)
+    l_ts = info_nce_terms(f_dst, maps, src_xy, patch, stride, temperature, src_index.long(), rows, src_counts)
+    return 0.5 * (_reduce(l_st, weights, divisor, valid) + _reduce(l_ts, weights, divisor, valid))
 
 
 def dino_bb_weights(ratio: torch.Tensor, cos: torch.Tensor, a: float = 27.0, b: float = -5.7) -> torch.Tensor:
@@ -205,8 +220,9 @@ def dino_bb_weights(ratio: torch.Tensor, cos: torch.Tensor, a: float = 27.0, b: 
 
 def dino_bb_loss(maps: torch.Tensor, src_index: torch.Tensor, src_xy: torch.Tensor, dst_index: torch.Tensor,
                  dst_xy: torch.Tensor, weights: torch.Tensor | None, patch: int, stride: int,
-                 temperature: float = 0.1, divisor: float | None = 700.0,
-                 rows: torch.Tensor | None = None) -> torch.Tensor:
+                 temperature: float = 0.1, divisor: float | None = 700.0, rows: torch.Tensor | None = None,
+                 src_counts: tuple[int, ...] | None = None,
+                 dst_counts: tuple[int, ...] | None = None) -> torch.Tensor:
     """DINO best-buddies contrastive loss (spec §4.3.2).
 
     maps [F, C, h, w] refined features of the frame set (with grad); src_index/dst_index int
@@ -214,24 +230,31 @@ def dino_bb_loss(maps: torch.Tensor, src_index: torch.Tensor, src_xy: torch.Tens
     (:func:`dino_bb_weights`, e.g. ``BestBuddies.weight``). Returns
     ``(Σ w l_st / divisor + Σ w l_ts / divisor) / 2`` (reference, divisor 700) or, with
     ``divisor=None``, ``mean(½ w (l_st + l_ts))`` (paper). l_st is InfoNCE of the source
-    feature against every cell of the target frame, l_ts the reverse. ``rows``: see :func:`info_nce_terms`.
+    feature against every cell of the target frame, l_ts the reverse. ``rows``: see :func:`info_nce_terms`;
+    ``src_counts`` / ``dst_counts``: the pairs per frame of ``src_index`` / ``dst_index``, known on the host
+    (:func:`~dinotracker.models.tracker.slot_counts`; without them they are counted on the device, a sync).
     """
     return _symmetric_bb(maps, src_index, src_xy, dst_index, dst_xy, weights, patch, stride, temperature,
-                         divisor, rows)
+                         divisor, rows, src_counts, dst_counts)
 
 
 def refined_bb_loss(maps: torch.Tensor, src_index: torch.Tensor, src_xy: torch.Tensor,
                     dst_index: torch.Tensor, dst_xy: torch.Tensor, affinity: torch.Tensor, patch: int,
                     stride: int, temperature: float = 0.1, divisor: float | None = 900.0,
-                    rows: torch.Tensor | None = None) -> torch.Tensor:
+                    rows: torch.Tensor | None = None, src_counts: tuple[int, ...] | None = None,
+                    dst_counts: tuple[int, ...] | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Refined best-buddies contrastive loss (spec §4.3.3).
 
     Same inputs as :func:`dino_bb_loss`, with ``affinity`` [M] the refined cosine of each pair
     (from :func:`refined_best_buddies`); weights ``max(2 ĉ³, 0)``, detached. Returns
     ``Σ w (l_st + l_ts) / (2 · divisor)`` (reference, 900) or the paper's mean (divisor None).
+    ``valid`` bool [M]: only these pairs count (a fixed-size candidate list with masked-out slots, e.g.
+    from :func:`best_buddy_mask`; the mean then runs over the valid pairs); the value is that of the valid
+    subset alone. ``rows``, ``src_counts``, ``dst_counts``: see :func:`dino_bb_loss`.
     """
     w = torch.clamp(2.0 * affinity.detach().float() ** 3, min=0.0)
-    return _symmetric_bb(maps, src_index, src_xy, dst_index, dst_xy, w, patch, stride, temperature, divisor, rows)
+    return _symmetric_bb(maps, src_index, src_xy, dst_index, dst_xy, w, patch, stride, temperature, divisor, rows,
+                         src_counts, dst_counts, valid)
 
 
 class BestBuddyPairs(NamedTuple):
@@ -245,15 +268,17 @@ class BestBuddyPairs(NamedTuple):
 
 
 @torch.no_grad()
-def refined_best_buddies(refined_maps_src: torch.Tensor, refined_maps_dst: torch.Tensor, patch: int,
-                         stride: int, chunk: int = 4096, eps: float = COS_EPS) -> BestBuddyPairs:
-    """Best buddies (paper Eq. 3) on refined maps [C, h, w] x [C, h', w'], no grad.
+def best_buddy_mask(refined_maps_src: torch.Tensor, refined_maps_dst: torch.Tensor, chunk: int = 4096,
+                    eps: float = COS_EPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best buddies (paper Eq. 3) as fixed-size per-cell arrays: maps [C, h, w] x [C, h', w'] ->
+    (mutual bool [h*w], partner int64 [h*w], affinity fp32 [h*w]), no grad, no host sync.
 
-    Cell i of src and j of dst are buddies when j = argmax_j A[i, :] and i = argmax_i A[:, j],
-    A the cosine (dot / max(‖a‖‖b‖, eps), as the reference). Rows are processed in chunks of
-    ``chunk`` so only [chunk, h'w'] affinities exist at once (the reference builds the full
-    8107x8107 matrix). Ties resolve to the first index, like ``torch.argmax``.
-    Note: with src == dst every cell is its own buddy (the reference allows s = t).
+    ``partner[i]`` = argmax_j A[i, j] (the nearest dst cell of src cell i), ``affinity[i]`` its cosine
+    A[i, partner[i]], and ``mutual[i]`` says that i is also the nearest src cell of ``partner[i]``: the
+    buddies are the cells where ``mutual`` holds (:func:`refined_best_buddies` lists them). A is the cosine
+    (dot / max(‖a‖‖b‖, eps), as the reference), built ``chunk`` rows at a time so only [chunk, h'w']
+    affinities exist at once (the reference builds the full 8107x8107 matrix). Ties resolve to the first
+    index, like ``torch.argmax``. With src == dst every cell is its own buddy (the reference allows s = t).
     """
     if refined_maps_src.dim() != 3 or refined_maps_dst.dim() != 3 or \
             refined_maps_src.shape[0] != refined_maps_dst.shape[0]:
@@ -276,12 +301,28 @@ def refined_best_buddies(refined_maps_src: torch.Tensor, refined_maps_dst: torch
         better = cmax > col_max  # strict: keep the earliest row on ties
         col_max = torch.where(better, cmax, col_max)
         col_arg = torch.where(better, carg + i, col_arg)
-    src_cell = torch.nonzero(col_arg[row_arg] == torch.arange(n, device=s.device), as_tuple=True)[0]
-    dst_cell = row_arg[src_cell]
-    g_src = patch_center_grid(tuple(refined_maps_src.shape[-2:]), patch, stride, device=s.device)
-    g_dst = patch_center_grid(tuple(refined_maps_dst.shape[-2:]), patch, stride, device=s.device)
-    g_src, g_dst = g_src.reshape(-1, 2), g_dst.reshape(-1, 2)
-    return BestBuddyPairs(g_src[src_cell], g_dst[dst_cell], row_max[src_cell], src_cell, dst_cell)
+    mutual = col_arg[row_arg] == torch.arange(n, device=s.device)
+    return mutual, row_arg, row_max
+
+
+@torch.no_grad()
+def refined_best_buddies(refined_maps_src: torch.Tensor, refined_maps_dst: torch.Tensor, patch: int,
+                         stride: int, chunk: int = 4096, eps: float = COS_EPS) -> BestBuddyPairs:
+    """Best buddies (paper Eq. 3) on refined maps [C, h, w] x [C, h', w'], no grad: the K cells where
+    :func:`best_buddy_mask` holds, with their partners' patch centres (K is data-dependent: listing them
+    reads the mask back; the training step keeps the fixed-size mask instead).
+
+    Cell i of src and j of dst are buddies when j = argmax_j A[i, :] and i = argmax_i A[:, j],
+    A the cosine (dot / max(‖a‖‖b‖, eps), as the reference). Ties resolve to the first index, like
+    ``torch.argmax``. Note: with src == dst every cell is its own buddy (the reference allows s = t).
+    """
+    mutual, partner, affinity = best_buddy_mask(refined_maps_src, refined_maps_dst, chunk, eps)
+    dev = mutual.device
+    src_cell = torch.nonzero(mutual, as_tuple=True)[0]
+    dst_cell = partner[src_cell]
+    g_src = patch_center_grid(tuple(refined_maps_src.shape[-2:]), patch, stride, device=dev).reshape(-1, 2)
+    g_dst = patch_center_grid(tuple(refined_maps_dst.shape[-2:]), patch, stride, device=dev).reshape(-1, 2)
+    return BestBuddyPairs(g_src[src_cell], g_dst[dst_cell], affinity[src_cell], src_cell, dst_cell)
 
 
 # --------------------------------------------------------------------------- cycle consistency
@@ -310,7 +351,7 @@ def cycle_pseudo_labels(src_xy: torch.Tensor, fwd_xy: torch.Tensor, back_xy: tor
         raise ValueError(f"shapes differ: {tuple(src_xy.shape)}, {tuple(fwd_xy.shape)}, "
                          f"{tuple(back_xy.shape)}")
     err = (back_xy.float() - src_xy.float()).norm(dim=-1)
-    return CycleLabels(err <= threshold, err, torch.pow(torch.as_tensor(decay, dtype=err.dtype), err))
+    return CycleLabels(err <= threshold, err, torch.pow(float(decay), err))  # a Python base: no host tensor
 
 
 def cycle_consistency_loss(pred_fwd_xy: torch.Tensor, pred_bwd_xy: torch.Tensor, src_xy: torch.Tensor,
@@ -322,7 +363,8 @@ def cycle_consistency_loss(pred_fwd_xy: torch.Tensor, pred_bwd_xy: torch.Tensor,
     pred_fwd_xy [M, 2] = P_{s->t}(x_s) and pred_bwd_xy [M, 2] = P_{t->s}(x̂_t), both with grad
     (the backward query is the pseudo-label x̂_t itself); src_xy [M, 2] x_s; pseudo_xy [M, 2]
     x̂_t; weights [M] (0.8^e from :func:`cycle_pseudo_labels`); keep [M] bool drops points
-    over the threshold. Raster model px; Huber in normalised units.
+    over the threshold (as a mask: the kept points' value, with no host sync). Raster model px; Huber in
+    normalised units.
     ``reduction="mean"`` (reference): ``(mean(w H(fwd - x̂_t)) + mean(w H(bwd - x_s))) / 2`` with
     means over points and both coordinates. ``"sum"`` (paper): ``Σ ½ w (H_fwd + H_bwd)``.
     With pseudo-labels from the current model the forward term is identically zero (spec §4.3).
@@ -337,33 +379,46 @@ def cycle_consistency_loss(pred_fwd_xy: torch.Tensor, pred_bwd_xy: torch.Tensor,
     h_fwd = normalized_huber(pred_fwd_xy, pseudo_xy.detach(), model_hw, huber_delta)
     h_bwd = normalized_huber(pred_bwd_xy, src_xy.detach(), model_hw, huber_delta)
     w = weights.detach().float()[:, None]
-    if keep is not None:
-        h_fwd, h_bwd, w = h_fwd[keep], h_bwd[keep], w[keep]
-    if w.shape[0] == 0:
+    if m == 0:
         return (pred_fwd_xy.sum() + pred_bwd_xy.sum()) * 0.0
+    if keep is None:
+        if reduction == "sum":
+            return 0.5 * (w * (h_fwd + h_bwd)).sum()
+        return 0.5 * ((w * h_fwd).mean() + (w * h_bwd).mean())
+    # the kept subset's value as masked sums (no boolean indexing, no host sync); no kept point gives 0
+    # with zero gradients, as the subset's empty sum did
+    w = w * keep[:, None].to(w.dtype)
     if reduction == "sum":
         return 0.5 * (w * (h_fwd + h_bwd)).sum()
-    return 0.5 * ((w * h_fwd).mean() + (w * h_bwd).mean())
+    n = (2 * keep.sum()).clamp(min=1).to(w.dtype)  # elements of the subset's means (2 coordinates per point)
+    return 0.5 * ((w * h_fwd).sum() / n + (w * h_bwd).sum() / n)
 
 
 # --------------------------------------------------------------------------- prior
-def prior_terms(refined: torch.Tensor, raw: torch.Tensor, dim: int = -3,
-                eps: float = COS_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+def prior_terms(refined: torch.Tensor, raw: torch.Tensor, dim: int = -3, eps: float = COS_EPS,
+                valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(L_norm, L_angle) of refined F vs raw Φ, channel axis ``dim`` ([..., C, h, w] by default).
 
     L_norm = mean |‖F‖ / ‖Φ‖ - 1|, L_angle = mean |cos(F, Φ) - 1|, means over all other
     positions (all cells of all frames). Denominators are clamped at ``eps`` (the reference
     divides unguarded; a zero raw feature, e.g. ``backbone=none``, would give NaN there -
-    disable the prior for such backbones).
+    disable the prior for such backbones). ``valid`` bool [F] (maps [F, C, h, w]): the means run over the
+    valid frames only (``data.static_frames`` padding is excluded), as masked sums.
     """
     if refined.shape != raw.shape:
         raise ValueError(f"refined {tuple(refined.shape)} and raw {tuple(raw.shape)} differ")
     f, p = refined.float(), raw.detach().float()
     nf, npr = f.norm(dim=dim), p.norm(dim=dim)
-    l_norm = (nf / npr.clamp_min(eps) - 1.0).abs().mean()
+    d_norm = (nf / npr.clamp_min(eps) - 1.0).abs()
     cos = (f * p).sum(dim=dim) / (nf * npr).clamp_min(eps)
-    l_angle = (cos - 1.0).abs().mean()
-    return l_norm, l_angle
+    d_angle = (cos - 1.0).abs()
+    if valid is None:
+        return d_norm.mean(), d_angle.mean()
+    if valid.shape != d_norm.shape[:1]:
+        raise ValueError(f"valid must be [{d_norm.shape[0]}] (one flag per frame), got {tuple(valid.shape)}")
+    w = valid.to(d_norm.dtype).reshape(-1, *([1] * (d_norm.dim() - 1)))
+    n = w.sum() * (d_norm[0].numel())
+    return (w * d_norm).sum() / n, (w * d_angle).sum() / n
 
 
 def prior_loss(refined: torch.Tensor, raw: torch.Tensor, norm_weight: float = 1.0, angle_weight: float = 1.0,

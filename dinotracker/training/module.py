@@ -30,6 +30,19 @@ lives in ``self.teacher`` and is saved in checkpoints and by :meth:`export`.
 Resume: the checkpoint holds the tracker, teacher, optimizer, scheduler, global step and (via
 the DataModule) the sampler state; the step itself uses no other randomness, so a resumed run
 ends bit-identical to an uninterrupted one on the same device.
+
+**No host sync** (issue 13). ``training_step`` (forward, logging, and its backward) never reads a device
+value back nor copies host data to the device, so on a GPU the host queues the whole step without waiting
+(``tests/training/test_sync_free.py`` records every such call; 0, from 59 before). What the sampler knows
+on the host travels in the :class:`~dinotracker.training.sampler.Batch` as Python ints (per-frame pair
+counts that split the per-frame matmuls, the refined-BB frame slots); data-dependent subsets are fixed-size
+masks: the refined best buddies are ``n_fg + n_bg`` candidate slots per frame pair (the highest-priority
+mutual neighbours, the rest masked out), the cycle loss runs on every query point with the ones over the
+threshold weighted 0 (no point kept gives 0, the value the old skip gave). The values equal the list form's
+up to float summation order (tested against it and against values recorded from the old code). The price is
+compute on the masked slots (the cycle loss tracks all points, not only the kept ones). The non-finite-loss
+check reads the loss back, so it runs outside the step (:meth:`check_finite`). ``data.static_frames`` also
+fixes the frame count (padding excluded from BatchNorm and losses).
 """
 
 from __future__ import annotations
@@ -45,12 +58,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dinotracker.config import validate_loss, validate_model, validate_optim
+from dinotracker.geometry import patch_center_grid
 from dinotracker.models.checkpoint import save_tracker
 from dinotracker.models.lora import LORA_FEATURE_KEYS
 from dinotracker.models.tracker import DinoTracker, normalized_maps, point_features, point_rows
 from dinotracker.preprocessing.types import PreprocessedVideo
 from dinotracker.training import losses as LS
-from dinotracker.training.sampler import Batch, Correspondences, select_region_pairs
+from dinotracker.training.sampler import Batch, Correspondences, select_region_cells
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +162,8 @@ class DinoTrackerModule(L.LightningModule):
         # LoRA: tokens entering the first adapted block, [T, N, C], filled on the training device at fit start
         self.register_buffer("lora_prefix", None, persistent=False)
         self.teacher: DinoTracker | None = None
+        # first training step with a non-finite loss, on the device (-1: none); see check_finite
+        self._first_nonfinite: torch.Tensor | None = None
         trainable = self.tracker.delta_dino is not None or self.tracker.refiner is not None or lora["enabled"]
         if mode != "same" and trainable:
             self.teacher = copy.deepcopy(self.tracker).requires_grad_(False)
@@ -186,29 +202,34 @@ class DinoTrackerModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     # ------------------------------------------------------------------ features / tracking
-    def refine(self, slots: torch.Tensor, tracker: DinoTracker | None = None) -> torch.Tensor:
-        """Refined features [F, C, h, w] of video frames ``slots`` int [F] (with grad for the student)."""
+    def refine(self, slots: torch.Tensor, tracker: DinoTracker | None = None,
+               num_real: int | None = None) -> torch.Tensor:
+        """Refined features [F, C, h, w] of video frames ``slots`` int [F] (with grad for the student).
+        ``num_real``: only the first ``num_real`` slots are real frames, the rest padding
+        (``data.static_frames``; see :meth:`DinoTracker.refine`)."""
         tracker = self.tracker if tracker is None else tracker
         frames = self.frames[slots].float() / 255.0
         if self.model_cfg["channels_last"]:
             frames = frames.contiguous(memory_format=torch.channels_last)
         prefix = None if self.lora_prefix is None else self.lora_prefix[slots]
         return tracker.refine(frames, self.features[slots], chunk_size=self.model_cfg["refine_chunk"],
-                              lora_prefix=prefix)
+                              lora_prefix=prefix, num_real=num_real)
 
     def track(self, tracker: DinoTracker, maps: torch.Tensor, src: torch.Tensor, xy: torch.Tensor,
-              dst: torch.Tensor, rows: torch.Tensor | None = None,
-              unit_maps: torch.Tensor | None = None) -> torch.Tensor:
+              dst: torch.Tensor, rows: torch.Tensor | None = None, unit_maps: torch.Tensor | None = None,
+              dst_counts: tuple[int, ...] | None = None) -> torch.Tensor:
         """Predict raster xy [M, 2] in ``maps[dst]`` of points ``xy`` [M, 2] of ``maps[src]`` (int [M]).
 
         ``rows`` (:func:`point_rows` of ``maps``): see :func:`point_features`. ``unit_maps``
         (:func:`normalized_maps` of ``maps``, built once per step and shared by every track of the step)
         are the cost volume's targets; the same values as normalising ``maps`` in each call.
+        ``dst_counts``: points per target map, known on the host (no device read-back; see
+        :func:`~dinotracker.models.tracker.grouped_matmul`).
         """
         q = point_features(maps, src, xy, self.patch, self.stride, rows)
         if unit_maps is None:
-            return tracker(q, maps, target_index=dst)[0]
-        return tracker(q, unit_maps, target_normalized=True, target_index=dst)[0]
+            return tracker(q, maps, target_index=dst, target_counts=dst_counts)[0]
+        return tracker(q, unit_maps, target_normalized=True, target_index=dst, target_counts=dst_counts)[0]
 
     @torch.no_grad()
     def track_points(self, query_frame: int, query_xy: torch.Tensor, frames: torch.Tensor | None = None,
@@ -262,8 +283,12 @@ class DinoTrackerModule(L.LightningModule):
         """Total loss and the unweighted terms (detached) of one step. ``step`` gates the late losses."""
         lc = self.loss_cfg
         slots = batch.frames
+        # data.static_frames: slots past real_frames pad the step to data.max_frames; no pair uses them, the
+        # BatchNorm statistics and the prior exclude them
+        real = batch.real_frames if batch.real_frames is not None and batch.real_frames < len(slots) else None
+        frame_valid = None if real is None else torch.arange(len(slots), device=slots.device) < real
         raw = self.features[slots]
-        maps = self.refine(slots)  # [F, C, h, w], the only Delta-DINO forward with grad
+        maps = self.refine(slots, num_real=real)  # [F, C, h, w], the only Delta-DINO forward with grad
         rows = point_rows(maps)  # shared by every loss's point sampling
         unit = normalized_maps(maps)  # shared by every cost volume of the step (flow, cycle)
         total = maps.new_zeros((), dtype=torch.float32)
@@ -272,7 +297,7 @@ class DinoTrackerModule(L.LightningModule):
 
         fl = batch.flow
         if self._active("flow", step) and len(fl):
-            pred = self.track(self.tracker, maps, fl.src_slot, fl.src_xy, fl.dst_slot, rows, unit)
+            pred = self.track(self.tracker, maps, fl.src_slot, fl.src_xy, fl.dst_slot, rows, unit, fl.dst_counts)
             v = LS.flow_loss(pred, fl.dst_xy, self.model_hw, lc["flow"]["huber_delta"], fl.weight)
             total = total + lc["flow"]["weight"] * v
             terms["flow"] = v.detach()
@@ -282,57 +307,76 @@ class DinoTrackerModule(L.LightningModule):
         if self._active("dino_bb", step) and len(bb):
             c = lc["dino_bb"]
             v = LS.dino_bb_loss(maps, bb.src_slot, bb.src_xy, bb.dst_slot, bb.dst_xy, bb.weight, p, s,
-                                c["temperature"], c["divisor"], rows=rows)
+                                c["temperature"], c["divisor"], rows=rows, src_counts=bb.src_counts,
+                                dst_counts=bb.dst_counts)
             total = total + c["weight"] * v
             terms["dino_bb"] = v.detach()
 
         pc = lc["prior"]
         if pc["enabled"] and (float(pc["norm_weight"]) or float(pc["angle_weight"])) and step >= int(pc["start"]):
-            l_norm, l_angle = LS.prior_terms(maps, raw)
+            l_norm, l_angle = LS.prior_terms(maps, raw, valid=frame_valid)
             total = total + pc["norm_weight"] * l_norm + pc["angle_weight"] * l_angle
             terms["prior_norm"], terms["prior_angle"] = l_norm.detach(), l_angle.detach()
 
         if self._active("refined_bb", step) and len(batch.refined_bb):
             c = lc["refined_bb"]
-            pairs = self._refined_pairs(maps, batch)
+            pairs, valid = self._refined_pairs(maps, batch)
             v = LS.refined_bb_loss(maps, pairs.src_slot, pairs.src_xy, pairs.dst_slot, pairs.dst_xy,
-                                   pairs.weight, p, s, c["temperature"], c["divisor"], rows=rows)
+                                   pairs.weight, p, s, c["temperature"], c["divisor"], rows=rows,
+                                   src_counts=pairs.src_counts, dst_counts=pairs.dst_counts, valid=valid)
             total = total + c["weight"] * v
             terms["refined_bb"] = v.detach()
-            terms["refined_bb_pairs"] = torch.tensor(float(len(pairs)), device=total.device)
+            terms["refined_bb_pairs"] = valid.sum().float()
 
         cy = batch.cycle
         if self._active("cycle", step) and len(cy):
-            v, extra = self._cycle_loss(maps, rows, slots, cy, unit)
+            v, extra = self._cycle_loss(maps, rows, slots, cy, unit, real)
             total = total + lc["cycle"]["weight"] * v
             terms["cycle"] = v.detach()
             terms.update(extra)
         terms["loss"] = total.detach()
         return total, terms
 
-    def _refined_pairs(self, maps: torch.Tensor, batch: Batch) -> Correspondences:
+    def _refined_pairs(self, maps: torch.Tensor, batch: Batch) -> tuple[Correspondences, torch.Tensor]:
         """Mutual nearest neighbours on the current refined maps (no grad) for each frame pair of
-        ``batch.refined_bb``, subsampled fg / bg by the sampler's priorities."""
+        ``batch.refined_bb``, subsampled fg / bg by the sampler's priorities.
+
+        Fixed shapes, no host sync: per frame pair every source cell is a candidate slot
+        (:func:`~dinotracker.training.losses.best_buddy_mask`), :func:`select_region_cells` keeps
+        ``Q = n_fg + n_bg`` slots (the highest-priority buddies of each group), and the returned ``valid``
+        bool [P*Q] marks the slots that hold a buddy; the loss masks the rest out. The valid pairs are the
+        ones the list form (:func:`~dinotracker.training.losses.refined_best_buddies` +
+        :func:`~dinotracker.training.sampler.select_region_pairs`) picks. The maps of each pair are
+        picked by the host-side slots (``src_slots`` / ``dst_slots``), the per-slot counts follow from them.
+        """
         rp = batch.refined_bb
-        src_l, dst_l = rp.src_slot.tolist(), rp.dst_slot.tolist()
-        found = []
         with torch.no_grad():
             det = maps.detach()
-            for k, (a, b) in enumerate(zip(src_l, dst_l)):
-                bbp = LS.refined_best_buddies(det[a], det[b], self.patch, self.stride)
-                found.append((k, bbp))
-        pid = torch.cat([torch.full((len(b.src_cell),), k, device=maps.device) for k, b in found])
-        cell = torch.cat([b.src_cell for _, b in found])
-        sel = select_region_pairs(pid, cell, rp)
-        src_xy = torch.cat([b.src_xy for _, b in found])[sel]
-        dst_xy = torch.cat([b.dst_xy for _, b in found])[sel]
-        aff = torch.cat([b.affinity for _, b in found])[sel]
-        pid = pid[sel]
-        fg = rp.cell_fg[pid, cell[sel]]
-        return Correspondences(rp.src_slot[pid], rp.dst_slot[pid], src_xy, dst_xy, aff, fg)
+            found = [LS.best_buddy_mask(det[a], det[b]) for a, b in zip(rp.src_slots, rp.dst_slots)]
+            mutual = torch.stack([f[0] for f in found])  # [P, n]
+            partner = torch.stack([f[1] for f in found])
+            aff = torch.stack([f[2] for f in found])
+            cell, valid = select_region_cells(mutual, rp)  # [P, Q]
+            centers = patch_center_grid(tuple(maps.shape[-2:]), self.patch, self.stride,
+                                        device=maps.device).reshape(-1, 2)
+            p, q = cell.shape
+            src_xy = centers[cell.reshape(-1)]
+            dst_xy = centers[partner.gather(1, cell).reshape(-1)]
+            aff = aff.gather(1, cell).reshape(-1)
+            fg = rp.cell_fg.gather(1, cell).reshape(-1)
+            src_slot = rp.src_slot[:, None].expand(p, q).reshape(-1)
+            dst_slot = rp.dst_slot[:, None].expand(p, q).reshape(-1)
+        nf = maps.shape[0]
+        src_counts = tuple(q * rp.src_slots.count(f) for f in range(nf))
+        dst_counts = tuple(q * rp.dst_slots.count(f) for f in range(nf))
+        return Correspondences(src_slot, dst_slot, src_xy, dst_xy, aff, fg, src_counts, dst_counts), \
+            valid.reshape(-1)
 
     def _cycle_loss(self, maps: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, cy: Correspondences,
-                    unit: torch.Tensor | None = None):
+                    unit: torch.Tensor | None = None, num_real: int | None = None):
+        """L_cyc on all of ``cy``'s points with the points over the cycle threshold masked out (fixed
+        shapes, no host sync): the kept subset's value and gradients. No point kept gives 0 (the
+        reference re-draws forever; the term used to be skipped, the same zero)."""
         c = self.loss_cfg["cycle"]
         with torch.no_grad():
             if self.teacher is None:  # "same": the reference, forward term identically zero
@@ -340,25 +384,22 @@ class DinoTrackerModule(L.LightningModule):
                 lunit = None if unit is None else unit.detach()
             else:
                 labeller = self.teacher
-                lmaps = self.refine(slots, self.teacher)
+                lmaps = self.refine(slots, self.teacher, num_real)
                 lrows = point_rows(lmaps)
                 lunit = normalized_maps(lmaps)
-            fwd = self.track(labeller, lmaps, cy.src_slot, cy.src_xy, cy.dst_slot, lrows, lunit)
-            back = self.track(labeller, lmaps, cy.dst_slot, fwd, cy.src_slot, lrows, lunit)
+            fwd = self.track(labeller, lmaps, cy.src_slot, cy.src_xy, cy.dst_slot, lrows, lunit, cy.dst_counts)
+            back = self.track(labeller, lmaps, cy.dst_slot, fwd, cy.src_slot, lrows, lunit, cy.src_counts)
             lab = LS.cycle_pseudo_labels(cy.src_xy, fwd, back, c["threshold"], c["decay"])
         keep = lab.keep
         extra = {"cycle_kept": keep.float().mean().detach()}
-        if not bool(keep.any()):  # the reference re-draws forever; we skip the term this step
-            return maps.sum() * 0.0, extra
-        src, dst = cy.src_slot[keep], cy.dst_slot[keep]
-        x_s, x_t, w = cy.src_xy[keep], fwd[keep], lab.weights[keep]
-        pred_fwd = self.track(self.tracker, maps, src, x_s, dst, rows, unit)
-        pred_bwd = self.track(self.tracker, maps, dst, x_t, src, rows, unit)
-        v = LS.cycle_consistency_loss(pred_fwd, pred_bwd, x_s, x_t, w, self.model_hw, c["huber_delta"],
-                                      reduction=c["reduction"])
+        pred_fwd = self.track(self.tracker, maps, cy.src_slot, cy.src_xy, cy.dst_slot, rows, unit, cy.dst_counts)
+        pred_bwd = self.track(self.tracker, maps, cy.dst_slot, fwd, cy.src_slot, rows, unit, cy.src_counts)
+        v = LS.cycle_consistency_loss(pred_fwd, pred_bwd, cy.src_xy, fwd, lab.weights, self.model_hw,
+                                      c["huber_delta"], keep=keep, reduction=c["reduction"])
         with torch.no_grad():
-            h = LS.normalized_huber(pred_fwd, x_t, self.model_hw, c["huber_delta"])
-            extra["cycle_fwd"] = (w[:, None] * h).mean()
+            h = LS.normalized_huber(pred_fwd, fwd, self.model_hw, c["huber_delta"])
+            w = (lab.weights * keep.to(lab.weights.dtype))[:, None]
+            extra["cycle_fwd"] = (w * h).sum() / (2 * keep.sum()).clamp(min=1).to(h.dtype)  # kept points' mean
         return v, extra
 
     # ------------------------------------------------------------------ lightning hooks
@@ -422,13 +463,49 @@ class DinoTrackerModule(L.LightningModule):
                 total, terms = self.compute_losses(batch, step)
         else:
             total, terms = self.compute_losses(batch, step)
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"non-finite training loss at step {step}: "
-                                     f"{ {k: float(v) for k, v in terms.items()} }")
+        self._note_nonfinite(total, step)
         self.log("train/loss", total, prog_bar=True, batch_size=1)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=1)
-        self.log("train/frames", float(len(batch.frames)), batch_size=1)
+        # a device scalar made on the device (a Python float would be copied from the host: a sync)
+        nf = len(batch.frames) if batch.real_frames is None else batch.real_frames
+        self.log("train/frames", total.detach().new_full((), float(nf)), batch_size=1)
         return {"loss": total, "terms": terms}
+
+    # ------------------------------------------------------------------ non-finite loss check
+    def _note_nonfinite(self, total: torch.Tensor, step: int) -> None:
+        """Remember, on the device, the first step whose loss was not finite (no host sync)."""
+        bad = ~torch.isfinite(total.detach())
+        first = self._first_nonfinite
+        if first is None or first.device != total.device:
+            first = total.detach().new_full((), -1, dtype=torch.long)
+        self._first_nonfinite = torch.where(bad & (first < 0), step, first)
+
+    def check_finite(self) -> None:
+        """Raise :class:`FloatingPointError` if a training step's loss was NaN or inf. Reads one scalar back
+        from the device (a host sync), so the step does not call it: it runs after every
+        ``trainer.log_every_n_steps``-th step (where Lightning reads the logged metrics back anyway), before
+        every checkpoint (a non-finite state never reaches disk) and at the end of training. A non-finite
+        step is therefore reported up to ``log_every_n_steps - 1`` steps late, with the weights already
+        updated by it."""
+        first = self._first_nonfinite
+        if first is None:
+            return
+        k = int(first)
+        if k >= 0:
+            raise FloatingPointError(f"non-finite training loss at step {k} (detected after step "
+                                     f"{int(self.global_step)}; see the logged train/* terms)")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        trainer = self._trainer
+        every = int(getattr(trainer, "log_every_n_steps", 1) or 1) if trainer is not None else 1
+        if int(self.global_step) % every == 0:
+            self.check_finite()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite()
+
+    def on_train_end(self) -> None:
+        self.check_finite()
 
     # ------------------------------------------------------------------ export
     def export(self, path) -> Path:

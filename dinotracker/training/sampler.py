@@ -19,6 +19,10 @@ among them, every minibatch the losses need:
 Everything is torch indexing (no per-point Python loop; the reference loops over every point
 every step). Coordinates are model-resolution raster (x, y) px (:mod:`dinotracker.geometry`).
 
+The batch also carries what the sampler knows on the host as Python ints (per-slot pair counts of every
+:class:`Correspondences`, the refined-BB frame slots), so that the training step, on a GPU, never reads the
+device back to learn them (issue 13).
+
 **Determinism / resume.** The draw of step ``k`` uses a ``torch.Generator`` seeded from
 ``(seed, k)``, so a batch is a pure function of the step. This makes resume exact regardless of
 Lightning's one-batch prefetch (a stateful generator would have advanced past the checkpointed
@@ -30,12 +34,14 @@ unbounded ``while`` loops, and an empty fg (or bg) trajectory group hands its qu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, fields
 
 import torch
 
 from dinotracker.geometry import patch_center_grid, sample_at
+from dinotracker.models.tracker import slot_counts
 from dinotracker.preprocessing.types import PreprocessedVideo
 
 
@@ -58,6 +64,10 @@ class Correspondences(_ToMixin):
 
     src_slot, dst_slot: int64 [M]; src_xy, dst_xy: float32 [M, 2] raster model px (dst_xy is NaN
     for cycle queries, whose targets come from the model); weight: float32 [M]; fg: bool [M].
+    src_counts, dst_counts: host-side Python ints, how many pairs have each slot as source / target
+    (``bincount(src_slot, minlength=F)``), filled by the sampler (:meth:`with_counts`) so that the step's
+    per-frame matmuls split the points without reading the device back; ``None`` = count on the device.
+    They stay on the host when the batch moves to a device.
     """
 
     src_slot: torch.Tensor
@@ -66,6 +76,13 @@ class Correspondences(_ToMixin):
     dst_xy: torch.Tensor
     weight: torch.Tensor
     fg: torch.Tensor
+    src_counts: tuple[int, ...] | None = None
+    dst_counts: tuple[int, ...] | None = None
+
+    def with_counts(self, num_slots: int) -> Correspondences:
+        """A copy with :attr:`src_counts` / :attr:`dst_counts` over ``num_slots`` slots (call on the host)."""
+        return dataclasses.replace(self, src_counts=slot_counts(self.src_slot, num_slots),
+                                   dst_counts=slot_counts(self.dst_slot, num_slots))
 
     def __len__(self) -> int:
         return int(self.src_slot.shape[0])
@@ -77,9 +94,12 @@ class Correspondences(_ToMixin):
 
     @staticmethod
     def cat(parts: list[Correspondences]) -> Correspondences:
+        """The pairs of ``parts`` in order (slot counts dropped: :meth:`with_counts` recounts)."""
         parts = [p for p in parts if len(p)] or [Correspondences.empty()]
-        return Correspondences(*[torch.cat([getattr(p, f.name) for p in parts])
-                                 for f in fields(Correspondences)])
+        return Correspondences(*[torch.cat([getattr(p, name) for p in parts]) for name in _PAIR_TENSORS])
+
+
+_PAIR_TENSORS = ("src_slot", "dst_slot", "src_xy", "dst_xy", "weight", "fg")
 
 
 @dataclass
@@ -88,7 +108,9 @@ class RegionPairs(_ToMixin):
 
     src_slot, dst_slot: int64 [P]; priority: float32 [P, h*w] random key per source cell (higher
     is picked first); cell_fg: bool [P, h*w] fg flag of each source cell; n_fg / n_bg: how many
-    fg / bg pairs to keep per frame pair.
+    fg / bg pairs to keep per frame pair. src_slots, dst_slots: the same slots as host-side tuples of
+    ints (the step picks the pairs' maps by them without reading the device back); filled from
+    ``src_slot`` / ``dst_slot`` when not given (construct on the host, or pass them).
     """
 
     src_slot: torch.Tensor
@@ -97,6 +119,14 @@ class RegionPairs(_ToMixin):
     cell_fg: torch.Tensor
     n_fg: int
     n_bg: int
+    src_slots: tuple[int, ...] | None = None
+    dst_slots: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.src_slots is None:
+            self.src_slots = tuple(self.src_slot.tolist())
+        if self.dst_slots is None:
+            self.dst_slots = tuple(self.dst_slot.tolist())
 
     def __len__(self) -> int:
         return int(self.src_slot.shape[0])
@@ -104,7 +134,12 @@ class RegionPairs(_ToMixin):
 
 @dataclass
 class Batch(_ToMixin):
-    """One training step's samples. ``frames`` int64 [F] sorted distinct video frame indices (F <= 8)."""
+    """One training step's samples. ``frames`` int64 [F] sorted distinct video frame indices (F <= 8).
+
+    ``real_frames`` (``data.static_frames``): only ``frames[:real_frames]`` are the step's frames (sorted,
+    distinct, the ones every slot field indexes); the rest repeat ``frames[0]`` to pad F to ``max_frames``,
+    and the step leaves them out of its BatchNorm statistics and losses. None: every frame is real.
+    """
 
     step: int
     frames: torch.Tensor
@@ -112,6 +147,7 @@ class Batch(_ToMixin):
     dino_bb: Correspondences
     refined_bb: RegionPairs
     cycle: Correspondences
+    real_frames: int | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -137,11 +173,41 @@ def select_region_pairs(pair_id: torch.Tensor, src_cell: torch.Tensor, region: R
 
     pair_id int64 [K] in [0, P), src_cell int64 [K] flat source cell. Keeps, per frame pair, the
     ``n_fg`` fg and ``n_bg`` bg candidates of highest priority. Returns int64 indices into [K].
+    The list form (data-dependent sizes); the training step uses :func:`select_region_cells`.
     """
     fg = region.cell_fg[pair_id, src_cell]
     score = region.priority[pair_id, src_cell]
     quota = torch.tensor([region.n_fg, region.n_bg], device=pair_id.device).repeat(len(region))
     return rank_select(pair_id * 2 + (~fg).long(), score, quota)
+
+
+def select_region_cells(candidate: torch.Tensor, region: RegionPairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`select_region_pairs` with fixed shapes (no host sync): candidate bool [P, h*w] (source cell i
+    of frame pair k has a candidate pair, e.g. a refined best buddy) -> (cell int64 [P, Q], valid bool [P, Q]),
+    Q = min(n_fg, h*w) + min(n_bg, h*w).
+
+    Per frame pair: the ``n_fg`` fg candidate cells of highest priority, then the ``n_bg`` bg ones, each
+    group in descending priority (``topk`` of the priority with non-candidates at -inf). Where a group has
+    fewer candidates than its quota the remaining slots have ``valid`` False (their cells are arbitrary
+    cells of that pair). The valid cells are the candidates :func:`select_region_pairs` keeps, in its order
+    (up to exactly equal priorities at a quota's edge).
+    """
+    p, n = region.priority.shape
+    if candidate.shape != (p, n):
+        raise ValueError(f"candidate must be [{p}, {n}] like region.priority, got {tuple(candidate.shape)}")
+    cells, valid = [], []
+    for is_fg, quota in ((True, region.n_fg), (False, region.n_bg)):
+        q = min(int(quota), n)
+        if q == 0:
+            continue
+        ok = candidate & (region.cell_fg if is_fg else ~region.cell_fg)
+        idx = torch.where(ok, region.priority, float("-inf")).topk(q, dim=1).indices  # sorted, descending
+        cells.append(idx)
+        valid.append(ok.gather(1, idx))
+    if not cells:
+        z = torch.zeros(p, 0, dtype=torch.long, device=candidate.device)
+        return z, z.bool()
+    return torch.cat(cells, dim=1), torch.cat(valid, dim=1)
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -185,12 +251,15 @@ class CorrespondenceSampler:
             False draws distinct frames, spec §7.1).
         max_redraws: bound on the flow frame re-draws when < 2 trajectories qualify (the
             reference loops forever).
+        static_frames: pad every step's frames to exactly ``max_frames`` (repeats of its first frame,
+            :attr:`Batch.real_frames` says how many are real) so that Delta-DINO always sees the same batch
+            size; the draws and the losses stay those of the real frames (see ``conf/data/default.yaml``).
     """
 
     def __init__(self, video: PreprocessedVideo, flow_pairs: int = 512, fg_ratio: float = 0.5,
                  flow_frames: int = 4, bb_pairs: int = 1024, bb_frame_pairs: int = 4, cycle_pairs: int = 1024,
                  cycle_frame_pairs: int = 4, region_fg_ratio: float = 0.7, max_frames: int = 8, seed: int = 0,
-                 region_same_frame: bool = True, max_redraws: int = 100):
+                 region_same_frame: bool = True, max_redraws: int = 100, static_frames: bool = False):
         for name, v in (("flow_pairs", flow_pairs), ("bb_pairs", bb_pairs), ("cycle_pairs", cycle_pairs),
                         ("bb_frame_pairs", bb_frame_pairs), ("cycle_frame_pairs", cycle_frame_pairs)):
             if int(v) < 0:
@@ -213,6 +282,7 @@ class CorrespondenceSampler:
         self.region_fg_ratio, self.max_frames = float(region_fg_ratio), int(max_frames)
         self.seed, self.max_redraws = int(seed), int(max_redraws)
         self.region_same_frame = bool(region_same_frame)
+        self.static_frames = bool(static_frames)
         self.next_step = 0
 
         # trajectories: rows valid in >= 2 frames (the reference drops shorter ones), fg / bg
@@ -310,8 +380,16 @@ class CorrespondenceSampler:
         frames = torch.unique(used) if len(used) else torch.unique(torch.cat([fr_fg, fr_bg]))
         flow.src_slot = torch.searchsorted(frames, flow.src_slot)  # frame index -> slot
         flow.dst_slot = torch.searchsorted(frames, flow.dst_slot)
-        return Batch(step=int(step), frames=frames, flow=flow, dino_bb=self._dino_bb(frames, g),
-                     refined_bb=self._refined_pairs(frames, g), cycle=self._cycle(frames, g))
+        dino_bb = self._dino_bb(frames, g)  # draws in this order (the generator's stream)
+        refined_bb = self._refined_pairs(frames, g)
+        cycle = self._cycle(frames, g)
+        real = None
+        if self.static_frames:  # padding after every draw: the same samples as without it
+            real = len(frames)
+            frames = torch.cat([frames, frames[:1].expand(max(self.max_frames - real, 0))])
+        nf = len(frames)  # per-slot pair counts, on the host: the step splits its matmuls by them
+        return Batch(step=int(step), frames=frames, flow=flow.with_counts(nf), dino_bb=dino_bb.with_counts(nf),
+                     refined_bb=refined_bb, cycle=cycle.with_counts(nf), real_frames=real)
 
     def _flow_group(self, which: int, n: int, k: int, g: torch.Generator, first_frames=None, pool=None):
         """Flow pairs of one group (0 fg, 1 bg). Returns (Correspondences with *frame indices* in the

@@ -160,9 +160,11 @@ def test_bb_losses_empty_and_bad_input():
     with pytest.raises(ValueError):
         dino_bb_loss(maps, torch.tensor([0]), torch.zeros(1, 2), torch.tensor([1, 0]), torch.zeros(1, 2),
                      None, 2, 2)
-    with pytest.raises(ValueError):
-        info_nce_terms(torch.zeros(2, 4), maps.detach(), torch.zeros(2, 2), 2, 2,
-                       map_index=torch.tensor([0, 5]))
+    # the range check runs on the device (torch._assert_async: no host sync in the training step), so it is a
+    # RuntimeError (a device-side assert on a GPU), not a ValueError
+    for bad in ([0, 5], [-1, 0]):
+        with pytest.raises(RuntimeError, match="map_index out of range"):
+            info_nce_terms(torch.zeros(2, 4), maps.detach(), torch.zeros(2, 2), 2, 2, map_index=torch.tensor(bad))
 
 
 def test_dino_bb_weights_reference_sign():

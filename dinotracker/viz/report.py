@@ -11,6 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dinotracker.utils.atomic import write_text
+
+NO_DINO_NOTE = ("> Backbone `none`: no DINO prior. Delta-DINO learns features from the pixels alone in this "
+                "fit's steps (the paper's \"w/o DINO\" ablation, its weakest variant), so the fitted tracker can "
+                "score below flow chaining; with DINOv2 weights (`backbone=dinov2_vits14 backbone.weights=...`) "
+                "it does not have to.")
+
 
 def write_report(run: Path) -> Path:
     """Write ``<run>/report.md`` from the files of the run folder; returns its path."""
@@ -33,6 +40,8 @@ def write_report(run: Path) -> Path:
     if metrics.is_file():
         body = metrics.read_text().split("\n", 1)[-1].strip()
         lines += ["\n## Metrics (%, ours beside the baselines)\n", body]
+        if info.get("backbone") == "none":
+            lines += ["", NO_DINO_NOTE]
     else:
         lines.append("\nNo ground truth: no metrics (tracks only).")
     for name, title in (("loss_curves.png", "Loss curves"), ("tracks.png", "Tracked grid (still frames)")):
@@ -45,9 +54,7 @@ def write_report(run: Path) -> Path:
     if cfg.is_file():
         lines += ["\n## Config\n", "<details><summary>.hydra/config.yaml</summary>\n", "```yaml",
                   cfg.read_text().rstrip(), "```", "</details>"]
-    out = run / "report.md"
-    out.write_text("\n".join(lines) + "\n")
-    return out
+    return write_text(run / "report.md", "\n".join(lines) + "\n")
 
 
 def _json(path: Path) -> dict:

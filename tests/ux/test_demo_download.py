@@ -95,4 +95,5 @@ def test_demo_command_runs_offline_with_calm_colours(tmp_path):
     assert {"report.md", "tracks.npz", "metrics.json", "tracker.pt"} <= set(names), names
     cfg = (run / ".hydra" / "config.yaml").read_text() if (run / ".hydra").is_dir() else json.dumps(
         json.loads((run / "run_info.json").read_text()))
+    assert "no DINO prior" in (run / "report.md").read_text()
     assert "saturation: 0.4" in cfg or '"saturation": 0.4' in cfg

@@ -183,7 +183,9 @@ def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
     from dinotracker.preprocessing.pipeline import preprocess_video, preprocessed_info
     from dinotracker.training import preemption
     from dinotracker.training.loggers import checkpoint_step
+    from dinotracker.utils.stagetimes import StageTimes
 
+    times = StageTimes()  # wall time and peak memory per stage: logged at the end and kept in timings.json
     L.seed_everything(int(cfg.seed), workers=True)
     video, gt = video_from_config(fitted_video_config(cfg))
     from dinotracker.backbones.weights import resolve_backbone
@@ -191,7 +193,8 @@ def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
     resolve_backbone(cfg)  # weights found, replaced by backbone_fallback, or a one-line error: before any work
     log.info("video %s: %d frames %s from %s", video.name, video.num_frames, video.hw, video.source)
     log.info("backbone %s (%s), flow %s", cfg.backbone.name, cfg.backbone.get("source"), cfg.flow.method)
-    pre = preprocess_video(video, cfg.backbone, cfg.flow, cfg.preprocess, cfg.paths.cache_dir)
+    with times.stage("preprocessing"):
+        pre = preprocess_video(video, cfg.backbone, cfg.flow, cfg.preprocess, cfg.paths.cache_dir)
     run_info = dict(video=dict(name=video.name, source=video.source, fps=video.fps,
                                frame_indices=[int(i) for i in video.frame_indices]),
                     input_hw=list(video.hw), model_hw=list(pre.model_hw), preprocessed=preprocessed_info(pre),
@@ -208,15 +211,18 @@ def _fit_locked(cfg: DictConfig, out: Path) -> float | None:
                           logger=build_loggers(cfg, out, resume_step) or False)
     log.info("training %d steps on %s (%s)", cfg.trainer.max_steps, trainer.strategy.root_device,
              trainer_cfg["precision"])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with times.stage("training"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.global_rank != 0:
         return None
     module.export(out / "tracker.pt")
     log.info("wrote %s", out / "tracker.pt")
-    results = track_and_evaluate(cfg, out, pre, video, gt, module)
+    results = track_and_evaluate(cfg, out, pre, video, gt, module, times)
     from dinotracker.viz.report import write_report
 
     log.info("report -> %s", write_report(out))
+    times.write(out / "timings.json")
+    log.info("time and peak memory per stage (timings.json):\n%s", times.table())
     return _optimised(results, cfg) if results else None
 
 
@@ -245,13 +251,11 @@ def build_training(pre, cfg):
     return module, datamodule
 
 
-def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
+def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None, times=None) -> dict:
     """After training: track a query grid (exported + drawn) and, with ground truth, score the
     fitted tracker against the still-point and flow-chaining baselines (and raw DINO when a
     backbone is used) on the ground truth's queries. Writes metrics.json / metrics.md."""
-    import torch
 
-    from dinotracker.evaluation.baselines import flow_chaining_baseline, still_baseline
     from dinotracker.inference.api import load
     from dinotracker.inference.tracks_schema import write_tracks
 
@@ -268,8 +272,13 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     if step != float(tcfg.grid_step):
         log.info("track.grid_step=%g would give more than track.max_points=%d points: using a %g px grid",
                  float(tcfg.grid_step), int(tcfg.max_points), step)
+    if times is None:
+        from dinotracker.utils.stagetimes import StageTimes
+
+        times = StageTimes()
     t0 = time.perf_counter()
-    grid = tracker.track_grid(step, frame=int(tcfg.grid_frame), occlusion=bool(tcfg.occlusion))
+    with times.stage("tracking + occlusion (post-fit grid)"):
+        grid = tracker.track_grid(step, frame=int(tcfg.grid_frame), occlusion=bool(tcfg.occlusion))
     write_tracks(out / "tracks.npz", grid["tracks"], grid["visible"], grid["confidence"], grid["queries"],
                  input_hw=video.hw, fps=video.fps, video=video.name)
     log.info("grid of %d queries tracked in %.1f s -> %s", grid["tracks"].shape[0], time.perf_counter() - t0,
@@ -277,13 +286,26 @@ def track_and_evaluate(cfg, out: Path, pre, video, gt, module=None) -> dict:
     if "mp4" in (tcfg.get("export") or []):
         from dinotracker.viz.tracks import draw_tracks_grid, draw_tracks_video
 
-        draw_tracks_video(out / "tracks.mp4", video.frames, to_numpy(grid["tracks"]), to_numpy(grid["visible"]),
-                          fps=video.fps, query_frames=to_numpy(grid["queries"])[:, 0].astype(int))
-        draw_tracks_grid(out / "tracks.png", video.frames, to_numpy(grid["tracks"]), to_numpy(grid["visible"]),
-                         query_frames=to_numpy(grid["queries"])[:, 0].astype(int))
+        with times.stage("track video + stills"):
+            draw_tracks_video(out / "tracks.mp4", video.frames, to_numpy(grid["tracks"]), to_numpy(grid["visible"]),
+                              fps=video.fps, query_frames=to_numpy(grid["queries"])[:, 0].astype(int))
+            draw_tracks_grid(out / "tracks.png", video.frames, to_numpy(grid["tracks"]), to_numpy(grid["visible"]),
+                             query_frames=to_numpy(grid["queries"])[:, 0].astype(int))
         log.info("track video -> %s", out / "tracks.mp4")
     if gt is None or not cfg.evaluate.enabled:
         return {}
+    with times.stage("evaluation (ground-truth queries, baselines)"):
+        return _evaluate(cfg, out, pre, video, gt, module, tracker, tkw)
+
+
+def _evaluate(cfg, out: Path, pre, video, gt, module, tracker, tkw) -> dict:
+    """The fitted tracker and the baselines on the ground truth's queries -> metrics.json / metrics.md."""
+    import torch
+
+    from dinotracker.evaluation.baselines import flow_chaining_baseline, still_baseline
+    from dinotracker.inference.api import load
+
+    tcfg = cfg.track
     shown, full_index = video, None  # the frames tracked and scored (all of them for a subsampled fit)
     if cfg.evaluate.all_frames and int(cfg.subsample) > 1:
         # fitted on every k-th frame, tracked and scored on every frame (paper Tab. 4): the fitted model

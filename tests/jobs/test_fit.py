@@ -34,6 +34,17 @@ def test_fit_job_writes_the_run_folder(fitted_run):
     assert 0.0 <= metrics["methods"]["dinotracker"]["delta_avg"] <= 1.0
 
 
+def test_fit_job_times_its_stages(fitted_run):
+    """timings.json (issue 13: time and peak memory per stage, printed by the job itself)."""
+    t = json.loads((fitted_run / "timings.json").read_text())
+    names = [r["stage"] for r in t["stages"]]
+    assert names[:3] == ["preprocessing", "training", "tracking + occlusion (post-fit grid)"]
+    assert "evaluation (ground-truth queries, baselines)" in names
+    assert all(r["seconds"] > 0 and r["host_peak_mb"] > 50 for r in t["stages"])
+    assert sum(r["seconds"] for r in t["stages"]) <= t["total_seconds"]
+    assert "| training |" in (fitted_run / "fit.log").read_text()
+
+
 LOAD = textwrap.dedent("""
     import json, sys
     import numpy as np

@@ -7,7 +7,9 @@
     python experiments/bench/fit_e2e.py --jobs 1 2 --baseline /tmp/base -- experiment=quick_cpu trainer.max_steps=20
 
 Each concurrency level ``c`` starts ``c`` independent ``python -m dinotracker.fit +video=synthetic`` jobs at once
-(``video.seed`` = job index, so each is its own video with its own preprocessing cache) and waits for all:
+(``video.seed`` = job index, so each is its own video with its own preprocessing cache), each with
+``OMP_NUM_THREADS`` = cores // c (``--threads-per-job``: two 2-thread fits on 2 cores measured 0.51x the
+throughput of one), and waits for all:
 ``c`` videos in the level's wall time, i.e. ``3600 c / wall`` videos per hour on this machine (on a GPU: how far
 several fits sharing one GPU fill it). Per-stage rows come from each job's ``timings.json`` (written by the fit
 job itself: wall time, peak host RSS, peak GPU memory per stage), averaged over the level's jobs.
@@ -30,9 +32,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_level(n: int, overrides: list[str], root: Path, pythonpath: Path | None = None) -> dict:
-    """``n`` concurrent fits -> {"wall": s, "runs": [run folders], "failed": [...]}."""
+def run_level(n: int, overrides: list[str], root: Path, pythonpath: Path | None = None,
+              threads: int | None = None) -> dict:
+    """``n`` concurrent fits -> {"wall": s, "runs": [run folders], "failed": [...]}; ``threads``: each job's
+    ``OMP_NUM_THREADS`` (torch's intra-op threads; None: the environment's)."""
     env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     root.mkdir(parents=True, exist_ok=True)
@@ -76,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4], help="concurrency levels")
     ap.add_argument("--baseline", type=Path, default=None, help="a checkout whose fit job is the in-run baseline")
     ap.add_argument("--out", type=Path, default=None, help="keep the run folders here (default: a temp folder)")
+    ap.add_argument("--threads-per-job", type=int, default=None,
+                    help="OMP_NUM_THREADS of each job (default: CPU cores // concurrent jobs, at least 1, so that "
+                         "concurrent fits do not oversubscribe the cores; 0: leave the environment's)")
     args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if any(j < 1 for j in args.jobs):
         raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
@@ -85,14 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
     print(f"fit end to end on {dev}, torch {torch.__version__}; overrides: {' '.join(overrides) or '(none)'}")
     print(f"run folders under {root}")
+    def threads(n: int) -> int | None:
+        if args.threads_per_job == 0:
+            return None
+        return args.threads_per_job or max(1, (os.cpu_count() or 1) // n)
+
     levels = {}
     for n in args.jobs:
-        levels[n] = run_level(n, overrides, root / f"ours_{n}")
+        levels[n] = run_level(n, overrides, root / f"ours_{n}", threads=threads(n))
         for f in levels[n]["failed"]:
             print(f"FAILED: {f}")
     base = None
     if args.baseline is not None:
-        base = run_level(1, overrides, root / "baseline_1", pythonpath=args.baseline.resolve())
+        base = run_level(1, overrides, root / "baseline_1", pythonpath=args.baseline.resolve(), threads=threads(1))
         for f in base["failed"]:
             print(f"FAILED (baseline): {f}")
 
@@ -107,12 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         b, o = base["wall"], levels[1]["wall"]
         print(f"\n| one fit, wall s | baseline ({args.baseline}) | ours | speed-up |\n|---|---|---|---|\n"
               f"| python -m dinotracker.fit | {b:.1f} | {o:.1f} | {b / o:.2f}x |")
-    print("\n### Throughput\n\n| concurrent fits | wall s | videos per hour | vs 1 job |\n|---|---|---|---|")
+    print("\n### Throughput\n\n| concurrent fits | threads per job | wall s | videos per hour | vs 1 job |\n"
+          "|---|---|---|---|---|")
     per_hour = {n: 3600.0 * n / lv["wall"] for n, lv in levels.items()}
     ref = per_hour.get(1)
     for n, lv in levels.items():
         rel = f"{per_hour[n] / ref:.2f}x" if ref else ""
-        print(f"| {n} | {lv['wall']:.1f} | {per_hour[n]:.1f} | {rel} |")
+        print(f"| {n} | {threads(n) or 'env'} | {lv['wall']:.1f} | {per_hour[n]:.1f} | {rel} |")
     return 1 if any(lv["failed"] for lv in levels.values()) or (base and base["failed"]) else 0
 
 

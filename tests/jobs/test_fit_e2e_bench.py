@@ -25,7 +25,7 @@ def test_fit_e2e_bench_prints_stages_and_throughput(tmp_path, tiny_fit_overrides
     one = json.loads((tmp_path / "ours_1" / "job0" / "timings.json").read_text())
     train = next(s for s in one["stages"] if s["stage"] == "training")
     assert f"| training | {train['seconds']:.1f} |" in out  # the job's own number, not a re-measurement
-    rows = dict(re.findall(r"^\| (\d) \| [\d.]+ \| ([\d.]+) \|", out, re.M))
+    rows = dict(re.findall(r"^\| (\d) \| \w+ \| [\d.]+ \| ([\d.]+) \|", out, re.M))
     assert set(rows) == {"1", "2"} and all(float(v) > 0 for v in rows.values())
     # the two concurrent jobs fitted two different videos (video.seed = job index)
     names = {json.loads((tmp_path / "ours_2" / f"job{k}" / "run_info.json").read_text())["video"]["name"]

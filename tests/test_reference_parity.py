@@ -91,11 +91,17 @@ def model_fx():
     return load("model")
 
 
-def test_delta_dino_eval(model_fx):
-    fx = model_fx
+def reference_delta_dino(fx) -> DeltaDINO:
+    """Our DeltaDINO with the fixture's (the reference's) widths and weights."""
     ch = fx["channels"].tolist()
     d = DeltaDINO(out_dim=ch[-1], channels=tuple(ch[1:-1]))
     d.load_state_dict(without_filters(d, fx["delta_sd"]))
+    return d
+
+
+def test_delta_dino_eval(model_fx):
+    fx = model_fx
+    d = reference_delta_dino(fx)
     d.eval()
     with torch.no_grad():
         out = align_to_patch_grid(d(fx["video"]), tuple(fx["raw"].shape[-2:]), 14, 7, mode="reference")
@@ -104,9 +110,7 @@ def test_delta_dino_eval(model_fx):
 
 def test_delta_dino_train_mode(model_fx):
     fx = model_fx
-    ch = fx["channels"].tolist()
-    d = DeltaDINO(out_dim=ch[-1], channels=tuple(ch[1:-1]))
-    d.load_state_dict(without_filters(d, fx["delta_sd"]))
+    d = reference_delta_dino(fx)
     d.train()
     out = align_to_patch_grid(d(fx["video"]), tuple(fx["raw"].shape[-2:]), 14, 7, mode="reference")
     (out * fx["delta_proj"]).sum().backward()

@@ -152,7 +152,7 @@ def fast_full_head(model: DinoTracker, cost: torch.Tensor) -> torch.Tensor:
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
         idx = cost.reshape(n, h * w).argmax(dim=-1)
         r0, c0 = idx // w, idx % w
-        dr, dc = _disc_offsets(model, cost.device)
+        dr, dc = model.disc_offsets.to(cost.device)  # the cells within the soft-argmax radius
         rows, cols = r0[:, None] + dr[None], c0[:, None] + dc[None]  # [n, K']
         inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
         flat = rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)
@@ -163,15 +163,6 @@ def fast_full_head(model: DinoTracker, cost: torch.Tensor) -> torch.Tensor:
         cy = rows.float() * model.stride + model.patch / 2.0
         den = wts.sum(dim=-1)
         return torch.stack([(wts * cx).sum(-1) / den, (wts * cy).sum(-1) / den], dim=-1)
-
-
-def _disc_offsets(model: DinoTracker, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dr, dc) cell offsets within the soft-argmax radius (``model.soft_argmax``'s disc)."""
-    k = int(model.radius // model.stride)
-    off = torch.arange(-k, k + 1, device=device)
-    dr, dc = torch.meshgrid(off, off, indexing="ij")
-    disc = ((dr * dr + dc * dc) * model.stride**2 <= model.radius**2).reshape(-1)
-    return dr.reshape(-1)[disc], dc.reshape(-1)[disc]
 
 
 class HeadPlan:

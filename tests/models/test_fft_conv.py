@@ -1,0 +1,72 @@
+"""The FFT-tiled weight gradient (model.fast_conv) against brute force and oneDNN's direct kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dinotracker.models import fft_conv
+from dinotracker.models.delta_dino import DeltaDINO, nnpack_available
+
+
+def brute_force_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int) -> torch.Tensor:
+    """dW[o, i, u, v] = sum_{b,y,x} gy[b,o,y,x] x[b,i,y+u,x+v], in float64, one lag at a time."""
+    h, w = gy.shape[-2:]
+    x, gy = x.double(), gy.double()
+    out = torch.empty(gy.shape[1], x.shape[1], k, k, dtype=torch.float64)
+    for u in range(k):
+        for v in range(k):
+            out[:, :, u, v] = torch.einsum("boyx,biyx->oi", gy, x[:, :, u:u + h, v:v + w])
+    return out
+
+
+@pytest.mark.parametrize("tile", fft_conv.TILES)
+@pytest.mark.parametrize("shape", [(2, 3, 4, 13, 17, 5), (1, 5, 2, 8, 8, 5), (3, 2, 3, 11, 7, 3)])
+def test_fft_weight_grad_equals_brute_force(tile, shape):
+    """Every tile size, maps that are not a multiple of the tile (zero-padded edges), one and many tiles,
+    kernels 5 and 3."""
+    b, ci, co, h, w, k = shape
+    g = torch.Generator().manual_seed(tile)
+    x = torch.randn(b, ci, h + k - 1, w + k - 1, generator=g)
+    gy = torch.randn(b, co, h, w, generator=g)
+    got = fft_conv.fft_weight_grad(x, gy, k, tile)
+    want = brute_force_weight_grad(x, gy, k)
+    assert got.shape == (co, ci, k, k) and got.dtype == torch.float32
+    assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_fft_weight_grad_refuses_shapes_of_another_convolution():
+    with pytest.raises(ValueError, match="not a valid 5x5"):
+        fft_conv.fft_weight_grad(torch.randn(1, 2, 12, 12), torch.randn(1, 3, 9, 8), 5, 16)
+
+
+def test_plan_tile_picks_fft_for_wide_layers_and_direct_for_the_rgb_layer():
+    """quick_cpu's Delta-DINO layers (7 frames of 238x427): the 64->128 and 128->256 convs and the polyphase
+    dilated 256->384 conv go through FFTs, the 3->64 conv (3 input channels) stays direct; shapes only."""
+    assert fft_conv.plan_tile(7, 64, 128, (119, 214), 5) in fft_conv.TILES
+    assert fft_conv.plan_tile(7, 128, 256, (60, 107), 5) in fft_conv.TILES
+    assert fft_conv.plan_tile(28, 256, 384, (15, 27), 5) in fft_conv.TILES
+    assert fft_conv.plan_tile(7, 3, 64, (238, 427), 5) is None
+    assert fft_conv.plan_tile(1, 4, 4, (6, 6), 5) is None  # tiny: the direct kernel
+
+
+@pytest.mark.skipif(not nnpack_available(), reason="torch built without NNPACK")
+@pytest.mark.parametrize("policy", ["fft", "direct"])
+def test_fast_conv_weight_gradients_through_either_kernel_match_the_plain_path(policy, monkeypatch):
+    """The fast path's weight gradients (FFT or direct, forced) equal the oneDNN path's within 2e-5 of each
+    layer's scale, the dilated last layer (polyphase split) included."""
+    monkeypatch.setattr(fft_conv, "policy", policy)
+    torch.manual_seed(0)
+    plain = DeltaDINO(out_dim=12, channels=(6, 8, 10), zero_init=False)
+    fast = DeltaDINO(out_dim=12, channels=(6, 8, 10), zero_init=False)
+    fast.load_state_dict(plain.state_dict())
+    fast.fast_conv = True
+    x = torch.rand(2, 3, 72, 96)
+    ya, yb = plain(x), fast(x)
+    gy = torch.randn_like(ya)
+    names = [n for n, _ in plain.named_parameters()]
+    ga = dict(zip(names, torch.autograd.grad(ya, list(plain.parameters()), gy)))
+    gb = dict(zip(names, torch.autograd.grad(yb, list(fast.parameters()), gy)))
+    for n in names:
+        scale = max(ga[n].abs().max(), ga[n.rsplit(".", 1)[0] + ".weight"].abs().max())
+        assert (ga[n] - gb[n]).abs().max() <= 2e-5 * scale, n

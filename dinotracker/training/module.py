@@ -104,8 +104,8 @@ class DinoTrackerModule(L.LightningModule):
         model: the ``model`` section of the config (``conf/model/dino_tracker.yaml``, every key): radius,
             coarse_from, normalized_refiner, use_delta, use_refiner, align_mode (DinoTracker kwargs),
             compile (torch.compile Delta-DINO in ``setup``), channels_last (Delta-DINO in channels-last
-            memory format), fast_conv (CPU: NNPACK convolutions for Delta-DINO, the fast path), refine_chunk
-            (frames per Delta-DINO call; None = all <= 8 at once), lora.
+            memory format), fast_conv (CPU: NNPACK convolutions and FFT weight gradients for Delta-DINO, the
+            fast path), refine_chunk (frames per Delta-DINO call; None = all <= 8 at once), lora.
         loss: the ``loss`` section (``conf/loss/default.yaml``); a term that is not ``enabled`` or has
             weight 0 is not computed.
         optim: the ``optim`` section (``conf/optim/default.yaml``).

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from dinotracker.config import module_options
+from dinotracker.models import fft_conv
 from dinotracker.models.delta_dino import DeltaDINO, nnpack_available
 from dinotracker.models.tracker import cosine_cost_volume, grouped_matmul
 from dinotracker.training.datamodule import toy_preprocessed_video
@@ -56,7 +57,11 @@ def test_cost_volume_and_pair_cosines_equal_per_frame_definitions():
 
 
 @needs_nnpack
-def test_fast_conv_delta_dino_matches_plain():
+@pytest.mark.parametrize("wgrad", ["auto", "fft", "direct"])
+def test_fast_conv_delta_dino_matches_plain(wgrad, monkeypatch):
+    """Outputs, weight gradients (the FFT-tiled or the direct kernel, forced, or as planned: direct at these
+    tiny shapes) and the input gradient; the dilated last layer (polyphase split) included."""
+    monkeypatch.setattr(fft_conv, "policy", wgrad)
     torch.manual_seed(0)
     plain = DeltaDINO(out_dim=24, channels=(8, 16, 32), zero_init=False)
     fast = DeltaDINO(out_dim=24, channels=(8, 16, 32), zero_init=False)
@@ -74,7 +79,10 @@ def test_fast_conv_delta_dino_matches_plain():
         # a conv bias in front of a train-mode BatchNorm has a gradient that cancels to ~0: measure its
         # error against the scale of the layer's weight gradient
         scale = max(ga[n].abs().max(), ga[n.rsplit(".", 1)[0] + ".weight"].abs().max())
-        assert (ga[n] - gb[n]).abs().max() <= 2e-5 * scale, n
+        # forced FFT on the RGB layer (planned direct): its all-positive image input puts the spectra's energy
+        # in the DC term, and FFT rounding scales with the inputs' norms, not the result's largest entry
+        tol = 5e-5 if wgrad == "fft" else 2e-5
+        assert (ga[n] - gb[n]).abs().max() <= tol * scale, n
     xg = x.clone().requires_grad_(True)  # the input gradient path (an NNPACK convolution too)
     gx_fast = torch.autograd.grad(fast(xg), xg, gy)[0]
     xg2 = x.clone().requires_grad_(True)

@@ -124,5 +124,10 @@ def conv_weight_grad(x: torch.Tensor, gy: torch.Tensor, weight: torch.Tensor) ->
             tile = 16
     if tile is not None:
         return fft_weight_grad(x, gy, k, tile)
+    return direct_weight_grad(x, gy, weight)
+
+
+def direct_weight_grad(x: torch.Tensor, gy: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The same weight gradient by oneDNN's direct kernel (``aten.convolution_backward``, weight only)."""
     return torch.ops.aten.convolution_backward(gy, x, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
                                                [False, True, False])[1]

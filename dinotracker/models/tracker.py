@@ -116,7 +116,7 @@ def grouped_matmul(rows: torch.Tensor, mats: torch.Tensor, index: torch.Tensor,
     index = index.long()
     order = torch.argsort(index, stable=True)
     if counts is None:
-        counts = torch.bincount(index, minlength=mats.shape[0]).tolist()
+        counts = slot_counts(index, mats.shape[0])
     elif len(counts) != mats.shape[0] or sum(counts) != m:
         raise ValueError(f"counts must be {mats.shape[0]} ints summing to {m} rows, got {tuple(counts)}")
     srt = rows[order]

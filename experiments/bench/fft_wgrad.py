@@ -56,11 +56,6 @@ def best_of(fn, n: int = 3) -> tuple[float, float]:
     return min(times), pm.peak_mb
 
 
-def direct(x, gy, w):
-    return torch.ops.aten.convolution_backward(gy, x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                                               [False, True, False])[1]
-
-
 def bench_layer(b: int, ci: int, co: int, h: int, w: int, tiles: bool) -> tuple[str, float, float]:
     """One table row (after the step column) and the direct and planned seconds of one layer."""
     g = torch.Generator().manual_seed(0)
@@ -68,8 +63,8 @@ def bench_layer(b: int, ci: int, co: int, h: int, w: int, tiles: bool) -> tuple[
     gy = torch.randn(b, co, h, w, generator=g)
     wt = torch.empty(co, ci, 5, 5)
     tile = fft_conv.plan_tile(b, ci, co, (h, w), 5)
-    td, md = best_of(lambda: direct(x, gy, wt))
-    ref = direct(x, gy, wt)
+    td, md = best_of(lambda: fft_conv.direct_weight_grad(x, gy, wt))
+    ref = fft_conv.direct_weight_grad(x, gy, wt)
     tf, mf = best_of(lambda: fft_conv.conv_weight_grad(x, gy, wt))
     err = float((fft_conv.conv_weight_grad(x, gy, wt) - ref).abs().max() / ref.abs().max())
     line = (f"{b} x {ci} -> {co} at {h} x {w} | {tile or 'direct'} | {td:.3f} | {tf:.3f} | {td / tf:.2f}x | "

@@ -158,7 +158,9 @@ class DeltaDINO(nn.Module):
                 nn.init.zeros_(bn.bias)
                 layers += [conv, bn]
             else:
-                layers += [conv, bn, nn.ReLU(), BlurPool2d(chans[i + 1], stride=2)]
+                # in place: BatchNorm's backward needs its input, not its output, so the ReLU may overwrite it
+                # (one full-resolution map less to allocate and write per layer)
+                layers += [conv, bn, nn.ReLU(inplace=True), BlurPool2d(chans[i + 1], stride=2)]
         self.layers = nn.ModuleList(layers)
         # CPU fast path (``model.fast_conv``): the convs through NNPACK (:class:`_NNPackConv2d`, :func:`_nnpack_conv`)
         self.fast_conv = False

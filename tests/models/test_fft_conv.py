@@ -48,3 +48,28 @@ def test_plan_tile_picks_fft_for_wide_layers_and_direct_for_the_rgb_layer():
     assert fft_conv.plan_tile(28, 256, 384, (15, 27), 5) in fft_conv.TILES
     assert fft_conv.plan_tile(7, 3, 64, (238, 427), 5) is None
     assert fft_conv.plan_tile(1, 4, 4, (6, 6), 5) is None  # tiny: the direct kernel
+
+
+def test_step_floor_records_every_delta_dino_convolution():
+    """experiments/bench/step_floor.py's evidence (the convolutions alone against issue 13's budget) stands on
+    recording each NNPACK call of a fast-path forward; a refactor that bypasses the hook must fail loudly there,
+    not report a floor of 0."""
+    import sys
+    from pathlib import Path
+
+    from dinotracker.models.delta_dino import DeltaDINO, nnpack_available
+
+    if not nnpack_available():
+        pytest.skip("no NNPACK in this torch")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "bench"))
+    import step_floor
+
+    delta = DeltaDINO(out_dim=8, channels=(4, 4, 4), zero_init=False)
+    delta.fast_conv = True
+    calls = step_floor.record_convs(delta, torch.rand(2, 3, 40, 48))
+    # the padded inputs of the 4 convs (reflect pad 2; the dilated last one: pad 4, as its 2x2 polyphase batch)
+    assert [(s, d) for s, _, _, d in calls] == [((2, 3, 44, 52), 1), ((2, 4, 24, 28), 1), ((2, 4, 14, 16), 1),
+                                                ((2, 4, 13, 14), 2)]
+    delta.fast_conv = False  # the plain path never reaches the hook
+    with pytest.raises(SystemExit, match="recorded 0 NNPACK convolutions"):
+        step_floor.record_convs(delta, torch.rand(2, 3, 40, 48))

@@ -39,7 +39,6 @@ _COST_TILE_ELEM = 1.4e-8
 _COST_SPECTRUM_ELEM = 8e-9
 _COST_DIRECT_MAC = 3.7e-11
 
-POLICIES = ("auto", "fft", "direct")
 policy = "auto"  # "fft" / "direct" force one kernel (tests, benchmarks); "auto" follows plan_tile
 
 

@@ -22,11 +22,13 @@ def rss_mb() -> float:
 
 
 class PeakMemory:
-    """Context manager: peak extra host RSS (sampled every 5 ms) and peak CUDA memory in MB."""
+    """Context manager: peak extra host RSS (``peak_mb``, above the RSS at entry; sampled every 5 ms), the peak
+    RSS itself (``peak_rss_mb``) and peak CUDA memory in MB."""
 
     def __init__(self, interval: float = 0.005):
         self.interval = interval
         self.peak_mb = 0.0
+        self.peak_rss_mb = 0.0
         self.cuda_peak_mb = 0.0
 
     def __enter__(self):
@@ -48,6 +50,7 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self._peak = max(self._peak, rss_mb())
+        self.peak_rss_mb = self._peak
         self.peak_mb = self._peak - self._base
         if torch.cuda.is_available():
             self.cuda_peak_mb = torch.cuda.max_memory_allocated() / 2**20

@@ -29,7 +29,7 @@ class StageTimes:
                 yield
             finally:
                 seconds = time.perf_counter() - start
-        self.rows.append(dict(stage=name, seconds=round(seconds, 3), host_peak_mb=round(pm._peak, 1),
+        self.rows.append(dict(stage=name, seconds=round(seconds, 3), host_peak_mb=round(pm.peak_rss_mb, 1),
                               gpu_peak_mb=round(pm.cuda_peak_mb, 1)))
 
     @property
